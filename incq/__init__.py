@@ -1,0 +1,43 @@
+"""incq: weight-only quantized checkpoint layouts (GPTQ, AWQ, AutoRound), specified to the bit.
+
+Stateless functions on plain arrays. The NumPy implementation is the golden reference; see
+``specs/`` for the written formats.
+"""
+
+from ._api import (
+    awq_to_gptq,
+    awq_zeros_to_gptq,
+    dequantize,
+    gptq_to_awq,
+    gptq_zeros_to_awq,
+    pack,
+    pack_zeros,
+    quantize,
+    unpack,
+    unpack_zeros,
+    w4a16_matmul,
+)
+from ._config import config_kwargs
+from ._errors import IncqError, IncqWarning
+from ._golden import AWQ_ORDER, AWQ_REVERSE_ORDER
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AWQ_ORDER",
+    "AWQ_REVERSE_ORDER",
+    "IncqError",
+    "IncqWarning",
+    "awq_to_gptq",
+    "awq_zeros_to_gptq",
+    "config_kwargs",
+    "dequantize",
+    "gptq_to_awq",
+    "gptq_zeros_to_awq",
+    "pack",
+    "pack_zeros",
+    "quantize",
+    "unpack",
+    "unpack_zeros",
+    "w4a16_matmul",
+]

@@ -1,0 +1,318 @@
+"""The public functions: validate once, then hand valid input to a backend.
+
+Layouts are specified in ``specs/``; the docstrings give shapes, dtypes and a worked example.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+from . import _dispatch
+from . import _validate as v
+from ._errors import IncqWarning
+
+
+def pack(values, bits, *, axis=0, order="sequential"):
+    """Pack unsigned ``bits``-bit codes into int32 words along ``axis``.
+
+    ``order="sequential"`` (GPTQ): value ``i`` of each group of ``32 / bits`` sits at bits
+    ``[bits * i, bits * i + bits)`` of its word, lowest first. 3-bit codes are packed 32 to
+    three words, read as one 96-bit little-endian stream (value ``j`` at stream bits
+    ``3j .. 3j + 2``; values 10 and 21 straddle two words). ``order="awq"`` (4-bit only): slot
+    ``i`` of a word holds value ``AWQ_ORDER[i] = [0, 2, 4, 6, 1, 3, 5, 7][i]`` of its group of 8.
+
+    Args:
+        values: integer array of codes in ``[0, 2**bits - 1]``; the length along ``axis`` must
+            be a multiple of ``32 / bits`` (of 32 for 3 bits).
+        bits: 2, 3, 4 or 8.
+        axis: the axis to pack along (GPTQ qweight: 0; qzeros and AWQ: 1).
+        order: ``"sequential"`` or ``"awq"``.
+
+    Returns:
+        int32 array, the length along ``axis`` multiplied by ``bits / 32``.
+
+    >>> import numpy as np, incq
+    >>> hex(incq.pack(np.arange(1, 9), 4).view(np.uint32)[0])
+    '0x87654321'
+    >>> hex(incq.pack(np.arange(1, 9), 4, order="awq").view(np.uint32)[0])
+    '0x86427531'
+    >>> [hex(w) for w in incq.pack(np.arange(32) % 8, 3).view(np.uint32)]
+    ['0x88fac688', '0xc688fac6', '0xfac688fa']
+    """
+    fn = "pack"
+    bits = v.check_bits(fn, bits)
+    order = v.check_order(fn, order, bits)
+    values = v.check_codes(fn, "values", values, bits)
+    if values.ndim == 0:
+        raise v.fail(fn, "values", "must have at least one dimension", v.describe(values))
+    axis = v.check_axis(fn, axis, values.ndim)
+    per_block, _ = v.values_per_word_block(bits)
+    v.check_divisible(fn, "values", values, axis, per_block, "length")
+    return _dispatch.backend_for(fn, values).pack(values, bits, axis, order)
+
+
+def unpack(packed, bits, *, axis=0, order="sequential"):
+    """Unpack int32 words into unsigned codes along ``axis``: the exact inverse of :func:`pack`.
+
+    Returns a uint8 array, the length along ``axis`` multiplied by ``32 / bits``.
+
+    >>> import numpy as np, incq
+    >>> incq.unpack(np.array([0x87654321], dtype=np.uint32).view(np.int32), 4)
+    array([1, 2, 3, 4, 5, 6, 7, 8], dtype=uint8)
+    """
+    fn = "unpack"
+    bits = v.check_bits(fn, bits)
+    order = v.check_order(fn, order, bits)
+    packed = v.check_packed(fn, "packed", packed)
+    if packed.ndim == 0:
+        raise v.fail(fn, "packed", "must have at least one dimension", v.describe(packed))
+    axis = v.check_axis(fn, axis, packed.ndim)
+    _, words = v.values_per_word_block(bits)
+    v.check_divisible(fn, "packed", packed, axis, words, "length")
+    return _dispatch.backend_for(fn, packed).unpack(packed, bits, axis, order)
+
+
+def awq_to_gptq(qweight, bits=4):
+    """AWQ qweight ``[K, N/8]`` (packed along N, AWQ order) -> GPTQ qweight ``[K/8, N]``.
+
+    Lossless: only bits move. ``K`` must be a multiple of 8.
+
+    >>> import numpy as np, incq
+    >>> w = np.repeat(np.arange(8)[:, None], 8, axis=1)        # W[k, n] = k, K = N = 8
+    >>> awq = incq.pack(w, 4, axis=1, order="awq")
+    >>> awq.shape, hex(awq.view(np.uint32)[3, 0])
+    ((8, 1), '0x33333333')
+    >>> gptq = incq.awq_to_gptq(awq)
+    >>> gptq.shape, hex(gptq.view(np.uint32)[0, 5])
+    ((1, 8), '0x76543210')
+    """
+    fn = "awq_to_gptq"
+    bits = v.check_bits(fn, bits, (4,))
+    qweight = v.check_packed(fn, "qweight", qweight, ndim=2)
+    v.check_divisible(fn, "qweight", qweight, 0, 8, "rows (K)")
+    return _dispatch.backend_for(fn, qweight).awq_to_gptq(qweight, bits)
+
+
+def gptq_to_awq(qweight, bits=4):
+    """GPTQ qweight ``[K/8, N]`` -> AWQ qweight ``[K, N/8]``: the exact inverse of awq_to_gptq.
+
+    ``N`` must be a multiple of 8.
+    """
+    fn = "gptq_to_awq"
+    bits = v.check_bits(fn, bits, (4,))
+    qweight = v.check_packed(fn, "qweight", qweight, ndim=2)
+    v.check_divisible(fn, "qweight", qweight, 1, 8, "columns (N)")
+    return _dispatch.backend_for(fn, qweight).gptq_to_awq(qweight, bits)
+
+
+def _check_qzeros(fn, qzeros, bits, packing):
+    qzeros = v.check_packed(fn, "qzeros", qzeros, ndim=2)
+    _, words = v.values_per_word_block(bits)
+    v.check_divisible(fn, "qzeros", qzeros, 1, 1 if packing == "awq" else words, "columns")
+    return qzeros
+
+
+def unpack_zeros(qzeros, bits=4, *, packing="gptq", zero_offset=0):
+    """Stored qzeros ``[G, N * bits / 32]`` -> zero points ``z`` ``[G, N]`` (uint8).
+
+    ``packing="gptq"`` packs sequentially along N; ``"awq"`` uses the AWQ nibble order.
+    ``zero_offset=1`` decodes v1 words (stored = z - 1): the packed block (one word, or three
+    for 3 bits) is read as one integer and the block of all ones is added to it, wrapping. This
+    is the exact inverse of the v1 encoder that subtracts the block of ones with borrows
+    (GPTQModel), and agrees with the per-value rule ``(stored + 1) mod 2**bits`` whenever no
+    stored value is ``2**bits - 1``, i.e. whenever no zero point is 0. See
+    ``specs/zero-points.md``.
+
+    >>> import numpy as np, incq
+    >>> incq.unpack_zeros(np.array([[0x77777777]], dtype=np.int32), 4, zero_offset=1)
+    array([[8, 8, 8, 8, 8, 8, 8, 8]], dtype=uint8)
+    """
+    fn = "unpack_zeros"
+    bits = v.check_bits(fn, bits)
+    packing, zero_offset = v.check_packing(fn, packing, bits, zero_offset)
+    qzeros = _check_qzeros(fn, qzeros, bits, packing)
+    return _dispatch.backend_for(fn, qzeros).unpack_zeros(qzeros, bits, packing, zero_offset)
+
+
+def _encode_zeros(fn, backend, zeros, bits, packing, zero_offset, on_zero):
+    """Shared tail of pack_zeros / awq_zeros_to_gptq: the z = 0 policy, then the encoder."""
+    if zero_offset and packing == "gptq" and zeros.size and backend.count_equal(zeros, 0):
+        count = backend.count_equal(zeros, 0)
+        where = backend.first_index_equal(zeros, 0)
+        if on_zero == "raise":
+            raise v.fail(
+                fn, "zeros", "cannot hold a zero point of 0 under zero_offset=1 (v1 stores z - 1; "
+                "pass on_zero='borrow' for GPTQModel's word arithmetic or 'clamp' for AutoRound's "
+                "z = 1, or write raw zeros with zero_offset=0)", f"{count} zero point(s) of 0, first at [group, column] {list(where)}"
+            )
+        if on_zero == "clamp":
+            warnings.warn(
+                f"{fn}: {count} zero point(s) of 0 clamped to 1 under zero_offset=1; the affected "
+                "groups dequantize one scale step away from the original",
+                IncqWarning,
+                stacklevel=3,
+            )
+            zeros = backend.maximum(zeros, 1)
+    return backend.pack_zeros(zeros, bits, packing, zero_offset)
+
+
+def pack_zeros(zeros, bits=4, *, packing="gptq", zero_offset=0, on_zero="raise"):
+    """Zero points ``z`` ``[G, N]`` -> stored qzeros, the inverse of :func:`unpack_zeros`.
+
+    Under ``zero_offset=1`` (v1) a zero point of 0 has no storage that every decoder reads the
+    same way. ``on_zero`` says what to do: ``"raise"`` (default) refuses; ``"borrow"`` subtracts
+    the block of ones with borrows (GPTQModel's v2 -> v1 rule; exact under incq's decoder, but
+    per-value decoders read the next value one too low); ``"clamp"`` stores z = 1 instead
+    (AutoRound's rule; lossy, warns with :class:`incq.IncqWarning`).
+
+    >>> import numpy as np, incq
+    >>> z = np.full((1, 8), 8, dtype=np.uint8)
+    >>> hex(incq.pack_zeros(z, 4, zero_offset=1)[0, 0])
+    '0x77777777'
+    """
+    fn = "pack_zeros"
+    bits = v.check_bits(fn, bits)
+    packing, zero_offset = v.check_packing(fn, packing, bits, zero_offset)
+    on_zero = v.check_str_choice(fn, "on_zero", on_zero, v.ON_ZERO)
+    zeros = v.check_codes(fn, "zeros", zeros, bits, ndim=2)
+    per_block, _ = v.values_per_word_block(bits)
+    v.check_divisible(fn, "zeros", zeros, 1, 8 if packing == "awq" else per_block, "columns (N)")
+    backend = _dispatch.backend_for(fn, zeros)
+    return _encode_zeros(fn, backend, zeros, bits, packing, zero_offset, on_zero)
+
+
+def awq_zeros_to_gptq(qzeros, bits=4, *, zero_offset=0, on_zero="raise"):
+    """AWQ qzeros ``[G, N/8]`` (raw, AWQ order) -> GPTQ qzeros ``[G, N/8]`` (sequential).
+
+    ``zero_offset`` chooses the target convention: 0 for raw zeros (GPTQ v2, AutoRound
+    ``auto_round`` / ``auto_round:gptqmodel``), 1 for v1 (``gptq``, ``auto_round:auto_gptq``).
+    ``on_zero`` is as in :func:`pack_zeros`.
+
+    >>> import numpy as np, incq
+    >>> awq = np.array([[0x86427531]], dtype=np.uint32).view(np.int32)
+    >>> hex(incq.awq_zeros_to_gptq(awq).view(np.uint32)[0, 0])
+    '0x87654321'
+    >>> hex(incq.awq_zeros_to_gptq(awq, zero_offset=1).view(np.uint32)[0, 0])
+    '0x76543210'
+    """
+    fn = "awq_zeros_to_gptq"
+    bits = v.check_bits(fn, bits, (4,))
+    zero_offset = v.check_int_choice(fn, "zero_offset", zero_offset, (0, 1))
+    on_zero = v.check_str_choice(fn, "on_zero", on_zero, v.ON_ZERO)
+    qzeros = _check_qzeros(fn, qzeros, bits, "awq")
+    backend = _dispatch.backend_for(fn, qzeros)
+    zeros = backend.unpack_zeros(qzeros, bits, "awq", 0)
+    return _encode_zeros(fn, backend, zeros, bits, "gptq", zero_offset, on_zero)
+
+
+def gptq_zeros_to_awq(qzeros, bits=4, *, zero_offset=0):
+    """GPTQ qzeros ``[G, N/8]`` stored under ``zero_offset`` -> AWQ qzeros (raw, AWQ order)."""
+    fn = "gptq_zeros_to_awq"
+    bits = v.check_bits(fn, bits, (4,))
+    zero_offset = v.check_int_choice(fn, "zero_offset", zero_offset, (0, 1))
+    qzeros = _check_qzeros(fn, qzeros, bits, "gptq")
+    backend = _dispatch.backend_for(fn, qzeros)
+    zeros = backend.unpack_zeros(qzeros, bits, "gptq", zero_offset)
+    return backend.pack_zeros(zeros, bits, "awq", 0)
+
+
+def dequantize(qweight, scales, qzeros=None, g_idx=None, *, bits=4, group_size=128, packing="gptq",
+               zero_offset=0):
+    """Dequantize a checkpoint layer: ``W[k, n] = (q[k, n] - z[g, n]) * s[g, n]``, ``g = g_idx[k]``.
+
+    ===========  ===================  ===================  =====================
+    argument     packing="gptq"       packing="awq"        notes
+    ===========  ===================  ===================  =====================
+    qweight      int32 [K*b/32, N]    int32 [K, N/8]       codes, unsigned
+    scales       float [G, N]         float [G, N]         may be negative
+    qzeros       int32 [G, N*b/32]    int32 [G, N/8]       None: z = 2**(b-1)
+    g_idx        int [K] or None      int [K] or None      None: k // group_size
+    ===========  ===================  ===================  =====================
+
+    ``G = K / group_size`` (``group_size=-1``: one group). ``zero_offset`` is 1 for v1
+    checkpoints (stored z - 1, see :func:`unpack_zeros`) and 0 for raw zeros.
+
+    Returns ``W [K, N]`` in the scales' dtype. The product is formed in float32 (float64 for
+    float64 scales), where it is exact, and rounded once to the scales' dtype.
+
+    >>> import numpy as np, incq
+    >>> qweight = incq.pack(np.arange(16).reshape(8, 2) % 16, 4)      # K = 8, N = 2
+    >>> scales = np.array([[0.5, -1.0]], dtype=np.float16)
+    >>> incq.dequantize(qweight, scales, group_size=-1)[:3]
+    array([[-4.,  7.],
+           [-3.,  5.],
+           [-2.,  3.]], dtype=float16)
+    """
+    fn = "dequantize"
+    _, _, g, _ = v.check_layer(fn, qweight, scales, qzeros, g_idx, bits, group_size, packing, zero_offset)
+    backend = _dispatch.backend_for(fn, qweight, scales, qzeros, g_idx)
+    return backend.dequantize(qweight, scales, qzeros, g_idx, int(bits), g, packing, int(zero_offset))
+
+
+def quantize(w, *, bits=4, group_size=128, sym=True, packing="gptq", zero_offset=0):
+    """Round-to-nearest quantization of ``w [K, N]`` -> ``(qweight, scales, qzeros, g_idx)``.
+
+    Symmetric (AutoRound's rule): per group and column the value of largest magnitude maps to
+    ``q - z = -2**(bits-1)``, so ``s = -extreme / 2**(bits-1)`` (negative for a positive
+    extreme) and ``z = 2**(bits-1)``. Asymmetric: ``s = (max(w, 0) - min(w, 0)) / (2**bits - 1)``,
+    ``z = round(-min(w, 0) / s)``, restricted to ``[1, 2**bits - 1]`` under v1 so that every
+    decoder reads it. ``q = clip(round(w / s) + z, 0, 2**bits - 1)``, rounding half to even,
+    with ``s`` already rounded to the output dtype. Scales take ``w``'s dtype; the packed arrays
+    are laid out for ``packing`` / ``zero_offset`` exactly as :func:`dequantize` reads them;
+    qzeros are written for symmetric layers too (checkpoints store them), and ``g_idx`` is
+    the trivial ``k // group_size``.
+
+    Error bounds (``specs/quantize.md``): asymmetric ``|w - W| <= |s| / 2``; symmetric
+    ``|w - W| <= |s| / 2`` except values clipped at the top code, within ``|s|``; both up to the
+    rounding of ``s`` to its dtype.
+    """
+    fn = "quantize"
+    bits = v.check_bits(fn, bits)
+    packing, zero_offset = v.check_packing(fn, packing, bits, zero_offset)
+    if not isinstance(sym, bool):
+        raise v.fail(fn, "sym", "must be True or False", v.describe(sym))
+    w = v.check_float(fn, "w", w, ndim=2)
+    v.check_not_empty(fn, "w", w)
+    g = v.check_group_size(fn, group_size, w.shape[0])
+    per_block, _ = v.values_per_word_block(bits)
+    if packing == "gptq":
+        v.check_divisible(fn, "w", w, 0, per_block, "rows (K)")
+        v.check_divisible(fn, "w", w, 1, per_block, "columns (N, for the packed zeros)")
+    else:
+        v.check_divisible(fn, "w", w, 1, 8, "columns (N)")
+    return _dispatch.backend_for(fn, w).quantize(w, bits, g, sym, packing, zero_offset)
+
+
+def w4a16_matmul(x, qweight, scales, qzeros=None, g_idx=None, bias=None, *, bits=4, group_size=128,
+                 packing="gptq", zero_offset=0, backend=None):
+    """``x @ dequantize(...) + bias`` for ``x [..., K]``; returns ``[..., N]`` in x's dtype.
+
+    The layer arguments are those of :func:`dequantize`. The golden product dequantizes exactly
+    in float64, accumulates in float64 and rounds once to x's dtype; fast backends are held to
+    it within the per-dtype tolerance of ``specs/matmul.md``.
+    """
+    fn = "w4a16_matmul"
+    k, n, g, _ = v.check_layer(fn, qweight, scales, qzeros, g_idx, bits, group_size, packing, zero_offset)
+    x = v.check_float(fn, "x", x)
+    if x.ndim < 1 or x.shape[-1] != k:
+        raise v.fail(fn, "x", f"must have a last dimension of K = {k}", v.describe(x))
+    if bias is not None:
+        bias = v.check_float(fn, "bias", bias, ndim=1)
+        v.check_shape(fn, "bias", bias, (n,), f"[N] for N = {n}")
+    chosen = _dispatch.backend_for(fn, x, qweight, scales, qzeros, g_idx, bias, backend=backend)
+    return chosen.w4a16_matmul(x, qweight, scales, qzeros, g_idx, bias, int(bits), g, packing, int(zero_offset))
+
+
+__all__ = [
+    "pack",
+    "unpack",
+    "awq_to_gptq",
+    "gptq_to_awq",
+    "unpack_zeros",
+    "pack_zeros",
+    "awq_zeros_to_gptq",
+    "gptq_zeros_to_awq",
+    "dequantize",
+    "quantize",
+    "w4a16_matmul",
+]

@@ -1,0 +1,245 @@
+"""The NumPy golden implementation: the oracle every other backend is tested against.
+
+Every function here receives input that ``incq._validate`` has already checked; nothing here
+validates or raises for bad input. Plain NumPy (and einops where a rearrangement reads better),
+no torch. The layouts are specified in ``specs/``; the comments below only point at them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from einops import rearrange
+
+#: AWQ nibble order: slot ``i`` of a word holds column ``8 * c + AWQ_ORDER[i]``.
+AWQ_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)
+#: The inverse permutation: sequential column ``j`` sits in slot ``AWQ_REVERSE_ORDER[j]``.
+AWQ_REVERSE_ORDER = (0, 4, 1, 5, 2, 6, 3, 7)
+
+_MASK32 = np.uint64(0xFFFFFFFF)
+
+
+def values_per_block(bits: int) -> int:
+    """Values in one packing block: a word for 2/4/8 bits, three words (32 values) for 3 bits."""
+    return 32 if bits == 3 else 32 // bits
+
+
+def words_per_block(bits: int) -> int:
+    return 3 if bits == 3 else 1
+
+
+def _ones_stream(bits: int) -> np.ndarray:
+    """The packed words of a block whose every value is 1 (the v1 zero-point offset)."""
+    return _pack_last(np.ones(values_per_block(bits), dtype=np.uint8), bits).view(np.uint32)
+
+
+# --------------------------------------------------------------------------- pack / unpack
+
+
+def _pack_last(values: np.ndarray, bits: int) -> np.ndarray:
+    """Pack along the last axis in sequential order; returns int32 words."""
+    v = values.astype(np.uint64)
+    if bits == 3:
+        # A block of 32 values is one 96-bit little-endian stream; value j at bits 3j..3j+2.
+        # Values 0..10 fill stream bits 0..32 ("low"); values 11..31 fill bits 33..95, which
+        # are bits 1..63 of "high" = word1 | word2 << 32 shifted by 32.
+        blocks = rearrange(v, "... (w j) -> ... w j", j=32)
+        low = np.bitwise_or.reduce(blocks[..., :11] << (np.arange(11, dtype=np.uint64) * 3), axis=-1)
+        high = np.bitwise_or.reduce(
+            blocks[..., 11:] << (np.arange(11, 32, dtype=np.uint64) * 3 - 32), axis=-1
+        )
+        words = np.stack([low & _MASK32, (low >> np.uint64(32)) | (high & _MASK32), high >> np.uint64(32)], -1)
+        words = rearrange(words, "... w k -> ... (w k)")
+    else:
+        per_word = 32 // bits
+        shifts = np.arange(per_word, dtype=np.uint64) * bits
+        blocks = rearrange(v, "... (w j) -> ... w j", j=per_word)
+        words = np.bitwise_or.reduce(blocks << shifts, axis=-1)
+    return words.astype(np.uint32).view(np.int32)
+
+
+def _unpack_last(packed: np.ndarray, bits: int) -> np.ndarray:
+    """Unpack int32 words along the last axis in sequential order; returns uint8 codes."""
+    w = packed.view(np.uint32).astype(np.uint64)
+    mask = np.uint64((1 << bits) - 1)
+    if bits == 3:
+        blocks = rearrange(w, "... (w k) -> ... w k", k=3)
+        low = blocks[..., 0] | (blocks[..., 1] << np.uint64(32))
+        high = blocks[..., 1] | (blocks[..., 2] << np.uint64(32))
+        first = (low[..., None] >> (np.arange(11, dtype=np.uint64) * 3)) & mask
+        rest = (high[..., None] >> (np.arange(11, 32, dtype=np.uint64) * 3 - 32)) & mask
+        values = np.concatenate([first, rest], axis=-1)
+    else:
+        shifts = np.arange(32 // bits, dtype=np.uint64) * bits
+        values = (w[..., None] >> shifts) & mask
+    return rearrange(values, "... w j -> ... (w j)").astype(np.uint8)
+
+
+def pack(values: np.ndarray, bits: int, axis: int, order: str) -> np.ndarray:
+    v = np.moveaxis(values, axis, -1)
+    if order == "awq":
+        v = rearrange(v, "... (c s) -> ... c s", s=8)[..., list(AWQ_ORDER)]
+        v = rearrange(v, "... c s -> ... (c s)")
+    return np.ascontiguousarray(np.moveaxis(_pack_last(v, bits), -1, axis))
+
+
+def unpack(packed: np.ndarray, bits: int, axis: int, order: str) -> np.ndarray:
+    v = _unpack_last(np.moveaxis(packed, axis, -1), bits)
+    if order == "awq":
+        v = rearrange(v, "... (c s) -> ... c s", s=8)[..., list(AWQ_REVERSE_ORDER)]
+        v = rearrange(v, "... c s -> ... (c s)")
+    return np.ascontiguousarray(np.moveaxis(v, -1, axis))
+
+
+def awq_to_gptq(qweight: np.ndarray, bits: int) -> np.ndarray:
+    return pack(unpack(qweight, bits, 1, "awq"), bits, 0, "sequential")
+
+
+def gptq_to_awq(qweight: np.ndarray, bits: int) -> np.ndarray:
+    return pack(unpack(qweight, bits, 0, "sequential"), bits, 1, "awq")
+
+
+# --------------------------------------------------------------------------- zero points
+
+
+def add_block_constant(words: np.ndarray, bits: int, constant: np.ndarray) -> np.ndarray:
+    """Add a packed constant to every block of words along the last axis, wrapping.
+
+    A block (one word, or three for 3 bits) is read as one little-endian integer; carries pass
+    from word to word inside a block and the carry out of the block is dropped.
+    """
+    k = words_per_block(bits)
+    blocks = rearrange(words.view(np.uint32).astype(np.uint64), "... (b k) -> ... b k", k=k)
+    out = np.empty_like(blocks)
+    carry = np.zeros(blocks.shape[:-1], dtype=np.uint64)
+    for i in range(k):
+        total = blocks[..., i] + np.uint64(constant[i]) + carry
+        out[..., i] = total & _MASK32
+        carry = total >> np.uint64(32)
+    return rearrange(out, "... b k -> ... (b k)").astype(np.uint32).view(np.int32)
+
+
+def v1_offset_words(bits: int, sign: int) -> np.ndarray:
+    """The packed block that adds (sign = +1) or subtracts (sign = -1) one from every value."""
+    ones = _ones_stream(bits).astype(np.uint64)
+    if sign > 0:
+        return ones.astype(np.uint32)
+    # Two's complement of the multi-word integer: invert every word, then add one.
+    inverted = (~ones) & _MASK32
+    one = np.zeros(len(ones), dtype=np.uint32)
+    one[0] = 1
+    return add_block_constant(inverted.astype(np.uint32).view(np.int32)[None], bits, one)[0].view(np.uint32)
+
+
+def unpack_zeros(qzeros: np.ndarray, bits: int, packing: str, zero_offset: int) -> np.ndarray:
+    """Stored zero words ``[G, N*b/32]`` -> zero points ``[G, N]`` (uint8)."""
+    if packing == "awq":
+        return unpack(qzeros, bits, 1, "awq")
+    if zero_offset:
+        qzeros = add_block_constant(qzeros, bits, v1_offset_words(bits, +1))
+    return unpack(qzeros, bits, 1, "sequential")
+
+
+def pack_zeros(zeros: np.ndarray, bits: int, packing: str, zero_offset: int) -> np.ndarray:
+    """Zero points ``[G, N]`` -> stored zero words; v1 subtracts one with borrows (GPTQModel)."""
+    if packing == "awq":
+        return pack(zeros, bits, 1, "awq")
+    words = pack(zeros, bits, 1, "sequential")
+    if zero_offset:
+        words = add_block_constant(words, bits, v1_offset_words(bits, -1))
+    return words
+
+
+# --------------------------------------------------------------------------- dequantize
+
+
+def unpack_weight(qweight: np.ndarray, bits: int, packing: str) -> np.ndarray:
+    """Checkpoint qweight -> codes ``[K, N]`` (uint8)."""
+    if packing == "awq":
+        return unpack(qweight, bits, 1, "awq")
+    return unpack(qweight, bits, 0, "sequential")
+
+
+def group_index(k: int, group_size: int, g_idx: np.ndarray | None) -> np.ndarray:
+    if g_idx is not None:
+        return g_idx.astype(np.intp)
+    return np.arange(k, dtype=np.intp) // group_size
+
+
+def dequantize(qweight, scales, qzeros, g_idx, bits, group_size, packing, zero_offset):
+    q = unpack_weight(qweight, bits, packing)
+    if qzeros is None:
+        zeros = np.full(scales.shape, 1 << (bits - 1), dtype=np.uint8)
+    else:
+        zeros = unpack_zeros(qzeros, bits, packing, zero_offset)
+    grp = group_index(q.shape[0], group_size, g_idx)
+    # (q - z) needs at most 9 bits and a float16/bfloat16/float32 scale at most 24, so the
+    # float32 product is exact: one rounding, to the scales' dtype, and no double rounding.
+    compute = np.float64 if scales.dtype.itemsize > 4 else np.float32
+    diff = q.astype(np.int16) - zeros.astype(np.int16)[grp]
+    return (diff.astype(compute) * scales.astype(compute)[grp]).astype(scales.dtype)
+
+
+# --------------------------------------------------------------------------- quantize
+
+
+def quantize(w, bits, group_size, sym, packing, zero_offset):
+    k, n = w.shape
+    g = k if group_size == -1 else group_size
+    maxq = (1 << bits) - 1
+    wide = w.astype(np.float64)
+    groups = rearrange(wide, "(G g) n -> G g n", g=g)
+    if sym:
+        # AutoRound's symmetric rule: the extreme of larger magnitude maps to code 0, i.e. to
+        # q - z = -2^(b-1); its scale therefore carries the opposite sign of that extreme.
+        hi, lo = groups.max(axis=1), groups.min(axis=1)
+        extreme = np.where(hi > -lo, hi, lo)
+        scale = -extreme / (1 << (bits - 1))
+        scale = np.where(scale == 0, 1.0, scale)
+        zeros = np.full(scale.shape, 1 << (bits - 1), dtype=np.int64)
+        scales = scale.astype(w.dtype)
+    else:
+        lo = np.minimum(groups.min(axis=1), 0.0)
+        hi = np.maximum(groups.max(axis=1), 0.0)
+        scale = (hi - lo) / maxq
+        scale = np.where(scale == 0, 1.0, scale)
+        scales = scale.astype(w.dtype)
+        zmin = 1 if (zero_offset and packing == "gptq") else 0
+        zeros = np.clip(np.rint(-lo / scales.astype(np.float64)), zmin, maxq).astype(np.int64)
+    s = scales.astype(np.float64)
+    q = np.clip(np.rint(groups / s[:, None, :]) + zeros[:, None, :], 0, maxq)
+    q = rearrange(q, "G g n -> (G g) n").astype(np.uint8)
+    zeros = zeros.astype(np.uint8)
+    if packing == "awq":
+        qweight = pack(q, bits, 1, "awq")
+    else:
+        qweight = pack(q, bits, 0, "sequential")
+    qzeros = pack_zeros(zeros, bits, packing, zero_offset)
+    g_idx = (np.arange(k) // g).astype(np.int32)
+    return qweight, scales, qzeros, g_idx
+
+
+# --------------------------------------------------------------------------- matmul
+
+
+def w4a16_matmul(x, qweight, scales, qzeros, g_idx, bias, bits, group_size, packing, zero_offset):
+    """The reference product: exact float64 weights, float64 accumulation, one final rounding."""
+    w = dequantize(qweight, scales.astype(np.float64), qzeros, g_idx, bits, group_size, packing, zero_offset)
+    y = x.astype(np.float64) @ w
+    if bias is not None:
+        y = y + bias.astype(np.float64)
+    return y.astype(x.dtype)
+
+
+# --------------------------------------------------------------------------- small helpers
+
+
+def count_equal(a: np.ndarray, value: int) -> int:
+    return int(np.count_nonzero(a == value))
+
+
+def first_index_equal(a: np.ndarray, value: int) -> tuple[int, ...]:
+    return tuple(int(i) for i in np.argwhere(a == value)[0])
+
+
+def maximum(a: np.ndarray, value: int) -> np.ndarray:
+    return np.maximum(a, value).astype(a.dtype)

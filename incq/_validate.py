@@ -1,0 +1,186 @@
+"""Validators: every public function checks its input here, once, before any backend runs.
+
+Each helper takes the public function's name and raises :class:`incq.IncqError` with the
+message ``"<function>: <argument> <expected>, got <value>"``. No ``assert``: validation must
+survive ``python -O``.
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any
+
+import numpy as np
+
+from ._errors import IncqError
+
+SUPPORTED_BITS = (2, 3, 4, 8)
+ORDERS = ("sequential", "awq")
+PACKINGS = ("gptq", "awq")
+ON_ZERO = ("raise", "borrow", "clamp")
+
+
+def fail(fn: str, arg: str, expected: str, got: Any) -> IncqError:
+    """Build the library's error; callers ``raise fail(...)`` so the raise site stays visible."""
+    return IncqError(f"{fn}: {arg} {expected}, got {got}")
+
+
+def describe(value: Any) -> str:
+    shape = getattr(value, "shape", None)
+    dtype = getattr(value, "dtype", None)
+    if shape is not None and dtype is not None:
+        return f"{type(value).__module__.split('.')[0]}.{type(value).__name__} of shape {tuple(shape)} and dtype {dtype}"
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+# --------------------------------------------------------------------------- scalars
+
+
+def check_int_choice(fn: str, name: str, value: Any, choices: tuple[int, ...]) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or int(value) not in choices:
+        raise fail(fn, name, f"must be one of {', '.join(map(str, choices))}", describe(value))
+    return int(value)
+
+
+def check_bits(fn: str, bits: Any, allowed: tuple[int, ...] = SUPPORTED_BITS) -> int:
+    return check_int_choice(fn, "bits", bits, allowed)
+
+
+def check_str_choice(fn: str, name: str, value: Any, choices: tuple[str, ...]) -> str:
+    if not isinstance(value, str) or value not in choices:
+        raise fail(fn, name, f"must be one of {', '.join(repr(c) for c in choices)}", describe(value))
+    return value
+
+
+def check_order(fn: str, order: Any, bits: int) -> str:
+    order = check_str_choice(fn, "order", order, ORDERS)
+    if order == "awq" and bits != 4:
+        raise fail(fn, "bits", "must be 4 with order='awq' (AWQ packs 4-bit codes only)", bits)
+    return order
+
+
+def check_packing(fn: str, packing: Any, bits: int, zero_offset: Any) -> tuple[str, int]:
+    packing = check_str_choice(fn, "packing", packing, PACKINGS)
+    zero_offset = check_int_choice(fn, "zero_offset", zero_offset, (0, 1))
+    if packing == "awq" and bits != 4:
+        raise fail(fn, "bits", "must be 4 with packing='awq' (AWQ packs 4-bit codes only)", bits)
+    if packing == "awq" and zero_offset != 0:
+        raise fail(fn, "zero_offset", "must be 0 with packing='awq' (AWQ stores raw zero points)", zero_offset)
+    return packing, zero_offset
+
+
+def check_axis(fn: str, axis: Any, ndim: int) -> int:
+    if isinstance(axis, bool) or not isinstance(axis, numbers.Integral) or not -ndim <= int(axis) < ndim:
+        raise fail(fn, "axis", f"must be an integer in [{-ndim}, {ndim}) for a {ndim}-d array", describe(axis))
+    return int(axis) % ndim
+
+
+def check_group_size(fn: str, group_size: Any, k: int) -> int:
+    """Returns the effective group size (K for per-channel ``-1``)."""
+    if isinstance(group_size, bool) or not isinstance(group_size, numbers.Integral) or (
+        int(group_size) != -1 and int(group_size) < 1
+    ):
+        raise fail(fn, "group_size", "must be a positive integer or -1 (per-channel)", describe(group_size))
+    g = k if int(group_size) == -1 else int(group_size)
+    if k % g:
+        raise fail(fn, "group_size", f"must divide K = {k}", group_size)
+    return g
+
+
+# --------------------------------------------------------------------------- arrays
+
+
+def check_array(fn: str, name: str, x: Any, *, ndim: int | tuple[int, ...] | None = None) -> np.ndarray:
+    if not isinstance(x, np.ndarray):
+        raise fail(fn, name, "must be a NumPy array", describe(x))
+    if ndim is not None:
+        allowed = (ndim,) if isinstance(ndim, int) else ndim
+        if x.ndim not in allowed:
+            want = " or ".join(f"{d}-d" for d in allowed)
+            raise fail(fn, name, f"must be {want}", describe(x))
+    return x
+
+
+def check_packed(fn: str, name: str, x: Any, *, ndim: int | None = None) -> np.ndarray:
+    x = check_array(fn, name, x, ndim=ndim)
+    if x.dtype != np.int32:
+        raise fail(fn, name, "must hold packed int32 words", describe(x))
+    return x
+
+
+def check_codes(fn: str, name: str, x: Any, bits: int, *, ndim: int | None = None) -> np.ndarray:
+    x = check_array(fn, name, x, ndim=ndim)
+    if x.dtype == np.bool_ or not np.issubdtype(x.dtype, np.integer):
+        raise fail(fn, name, "must have an integer dtype", describe(x))
+    if x.size:
+        lo, hi = int(x.min()), int(x.max())
+        if lo < 0 or hi >= 1 << bits:
+            bad = lo if lo < 0 else hi
+            raise fail(fn, name, f"must hold {bits}-bit codes in [0, {(1 << bits) - 1}]", f"value {bad}")
+    return x
+
+
+def check_float(fn: str, name: str, x: Any, *, ndim: int | tuple[int, ...] | None = None) -> np.ndarray:
+    x = check_array(fn, name, x, ndim=ndim)
+    if not np.issubdtype(x.dtype, np.floating):
+        raise fail(fn, name, "must have a floating dtype", describe(x))
+    if x.size and not np.isfinite(x).all():
+        first = tuple(int(i) for i in np.argwhere(~np.isfinite(x))[0])
+        raise fail(fn, name, "must be finite", f"{x[first]} at index {first}")
+    return x
+
+
+def check_divisible(fn: str, name: str, x: np.ndarray, axis: int, multiple: int, what: str) -> None:
+    if x.shape[axis] % multiple:
+        raise fail(fn, name, f"must have {what} (axis {axis}) divisible by {multiple}", describe(x))
+
+
+def check_not_empty(fn: str, name: str, x: np.ndarray) -> None:
+    if x.size == 0:
+        raise fail(fn, name, "must not be empty", describe(x))
+
+
+def check_shape(fn: str, name: str, x: np.ndarray, shape: tuple[int, ...], how: str) -> None:
+    if tuple(x.shape) != tuple(shape):
+        raise fail(fn, name, f"must have shape {tuple(shape)} ({how})", describe(x))
+
+
+# --------------------------------------------------------------------------- layers
+
+
+def values_per_word_block(bits: int) -> tuple[int, int]:
+    """(values, words) of one packing block: (32 // b, 1), or (32, 3) for 3 bits."""
+    return (32, 3) if bits == 3 else (32 // bits, 1)
+
+
+def check_layer(fn, qweight, scales, qzeros, g_idx, bits, group_size, packing, zero_offset):
+    """Checks a quantized layer's tensors against each other; returns (K, N, group_size, G)."""
+    bits = check_bits(fn, bits)
+    packing, zero_offset = check_packing(fn, packing, bits, zero_offset)
+    qweight = check_packed(fn, "qweight", qweight, ndim=2)
+    check_not_empty(fn, "qweight", qweight)
+    values, words = values_per_word_block(bits)
+    if packing == "gptq":
+        check_divisible(fn, "qweight", qweight, 0, words, f"rows (K * {bits} / 32)")
+        k, n = qweight.shape[0] * values // words, qweight.shape[1]
+    else:
+        k, n = qweight.shape[0], qweight.shape[1] * 8
+    g = check_group_size(fn, group_size, k)
+    groups = k // g
+    scales = check_float(fn, "scales", scales, ndim=2)
+    check_shape(fn, "scales", scales, (groups, n), f"[K / group_size, N] for K = {k}, N = {n}, group_size = {g}")
+    if qzeros is not None:
+        qzeros = check_packed(fn, "qzeros", qzeros, ndim=2)
+        if n % values:
+            raise fail(fn, "qzeros", f"needs N divisible by {values} to pack {bits}-bit zeros along N", f"N = {n}")
+        check_shape(fn, "qzeros", qzeros, (groups, n * words // values), f"[G, N * {bits} / 32] for G = {groups}, N = {n}")
+    if g_idx is not None:
+        g_idx = check_array(fn, "g_idx", g_idx, ndim=1)
+        if g_idx.dtype == np.bool_ or not np.issubdtype(g_idx.dtype, np.integer):
+            raise fail(fn, "g_idx", "must have an integer dtype", describe(g_idx))
+        check_shape(fn, "g_idx", g_idx, (k,), f"[K] for K = {k}")
+        lo, hi = int(g_idx.min()), int(g_idx.max())
+        if lo < 0 or hi >= groups:
+            raise fail(fn, "g_idx", f"must hold group indices in [0, {groups - 1}]", f"value {lo if lo < 0 else hi}")
+    return k, n, g, groups
