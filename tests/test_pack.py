@@ -119,7 +119,8 @@ def codes_and_axis(draw, orders=("sequential", "awq")):
     shape = list(shape)
     shape[axis] = per_block(bits) * draw(st.integers(0, 3))
     dtype = draw(st.sampled_from([np.uint8, np.int8, np.int16, np.int32, np.int64, np.uint32]))
-    values = draw(hnp.arrays(dtype, tuple(shape), elements=st.integers(0, (1 << bits) - 1)))
+    top = min((1 << bits) - 1, int(np.iinfo(dtype).max))
+    values = draw(hnp.arrays(dtype, tuple(shape), elements=st.integers(0, top)))
     return values, bits, axis, order
 
 
