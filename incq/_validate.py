@@ -31,7 +31,10 @@ def describe(value: Any) -> str:
     if shape is not None and dtype is not None:
         return f"{type(value).__module__.split('.')[0]}.{type(value).__name__} of shape {tuple(shape)} and dtype {dtype}"
     text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
+    text = text if len(text) <= 80 else text[:77] + "..."
+    if value is None or isinstance(value, (bool, numbers.Number, str)):
+        return text
+    return f"{type(value).__name__} {text}"
 
 
 # --------------------------------------------------------------------------- scalars
