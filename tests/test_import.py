@@ -34,3 +34,10 @@ def test_public_surface():
     assert sorted(incq.__all__) == sorted(set(incq.__all__))
     for name in incq.__all__:
         assert hasattr(incq, name), name
+
+
+def test_main_self_check_runs():
+    out = subprocess.run([sys.executable, "-m", "incq", "--k", "256", "--n", "256"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "self-check passed" in out.stdout
+    assert "DIFFERENT" not in out.stdout

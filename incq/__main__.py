@@ -1,0 +1,74 @@
+"""``python -m incq``: a self-check of the layouts on a synthetic layer, with timings.
+
+Quantizes a random layer in every checkpoint layout incq reads, converts AWQ to GPTQ (raw and
+v1 zeros), and checks that every route dequantizes to the same bits and within the documented
+rounding error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import numpy as np
+
+import incq
+
+
+def _timed(fn, *args, **kwargs):
+    """Result and wall time in milliseconds."""
+    start = time.perf_counter()
+    out = fn(*args, **kwargs)
+    return out, (time.perf_counter() - start) * 1e3
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m incq", description=__doc__.splitlines()[0])
+    parser.add_argument("--k", type=int, default=2048, help="input features (default 2048)")
+    parser.add_argument("--n", type=int, default=2048, help="output features (default 2048)")
+    parser.add_argument("--group-size", type=int, default=128)
+    args = parser.parse_args(argv)
+
+    rng = np.random.default_rng(0)
+    w = (rng.standard_normal((args.k, args.n)) * 0.02).astype(np.float16)
+    g = args.group_size
+    print(f"incq {incq.__version__}: layer K={args.k} N={args.n} group_size={g}, NumPy golden backend")
+    print(f"{'route':<44}{'ms':>9}  max |w - W| / |s|")
+    ok = True
+    routes = []
+    for bits in (2, 3, 4, 8):
+        for sym in (True, False):
+            for packing, zero_offset in (("gptq", 1), ("gptq", 0), ("awq", 0)):
+                if packing == "awq" and bits != 4:
+                    continue
+                routes.append((bits, sym, packing, zero_offset))
+    eps = float(np.finfo(w.dtype).eps)
+    for bits, sym, packing, zero_offset in routes:
+        kwargs = dict(bits=bits, group_size=g, packing=packing, zero_offset=zero_offset)
+        layer, ms_q = _timed(incq.quantize, w, sym=sym, **kwargs)
+        deq, ms_d = _timed(incq.dequantize, *layer, **kwargs)
+        step = np.repeat(np.abs(layer[1].astype(np.float64)), g, axis=0)
+        err = float((np.abs(deq.astype(np.float64) - w) / step).max())
+        # specs/quantize.md: half a step (asym) or one step (sym, top code clipped) + scale rounding
+        bound = (1.0 if sym else 0.5) + (1 << bits) * eps + eps
+        ok &= err <= bound
+        name = f"{bits}-bit {'sym' if sym else 'asym'} {packing} zero_offset={zero_offset}"
+        print(f"{name:<44}{ms_q + ms_d:>9.1f}  {err:>10.3f} <= {bound:.3f}")
+        if packing != "awq":
+            continue
+        for target in (0, 1):
+            start = time.perf_counter()
+            qweight = incq.awq_to_gptq(layer[0])
+            qzeros = incq.awq_zeros_to_gptq(layer[2], zero_offset=target)
+            ms_c = (time.perf_counter() - start) * 1e3
+            again = incq.dequantize(qweight, layer[1], qzeros, bits=4, group_size=g, zero_offset=target)
+            same = bool(np.array_equal(again, deq))
+            ok &= same
+            print(f"{'  -> awq_to_gptq, zero_offset=' + str(target):<44}{ms_c:>9.1f}  {'same bits' if same else 'DIFFERENT BITS'}")
+    print("self-check", "passed" if ok else "FAILED")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
