@@ -55,3 +55,13 @@ def seed_awq_to_gptq(qw):
     unpacked = unpacked.reshape(k // pf, pf, n_packed * pf).astype(np.int32)
     with np.errstate(over="ignore"):
         return (unpacked << shifts[None, :, None]).sum(axis=1, dtype=np.int32)
+
+
+def every_value_in_every_slot(bits, fill=0):
+    """Rows of one packing block: row (v, slot) holds v at that slot and ``fill`` elsewhere."""
+    per = 32 if bits == 3 else 32 // bits
+    rows = np.full(((1 << bits) * per, per), fill, dtype=np.uint8)
+    for v in range(1 << bits):
+        for slot in range(per):
+            rows[v * per + slot, slot] = v
+    return rows

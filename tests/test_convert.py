@@ -11,7 +11,7 @@ from numpy.testing import assert_array_equal
 
 import incq
 from conftest import words
-from oracle import pack_1d, seed_awq_to_gptq, unpack_1d
+from oracle import every_value_in_every_slot, pack_1d, seed_awq_to_gptq, unpack_1d
 
 BITS = [2, 3, 4, 8]
 
@@ -108,12 +108,7 @@ def test_v1_decoding_inverts_word_level_borrow_encoding(bits):
 
 @pytest.mark.parametrize("bits", BITS)
 def test_zero_roundtrip_every_value_every_slot(bits):
-    per = 32 if bits == 3 else 32 // bits
-    vals = 1 << bits
-    z = np.full((vals * per, per), 1, dtype=np.uint8)
-    for v in range(vals):
-        for slot in range(per):
-            z[v * per + slot, slot] = v
+    z = every_value_in_every_slot(bits, fill=1)
     for zero_offset in (0, 1):
         packed = incq.pack_zeros(z, bits, zero_offset=zero_offset, on_zero="borrow")
         assert_array_equal(incq.unpack_zeros(packed, bits, zero_offset=zero_offset), z, strict=True)

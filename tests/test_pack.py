@@ -9,7 +9,7 @@ from numpy.testing import assert_array_equal
 
 import incq
 from conftest import words
-from oracle import pack_along, pack_1d, pack_awq_1d, unpack_1d
+from oracle import every_value_in_every_slot, pack_1d, pack_along, pack_awq_1d, unpack_1d
 
 BITS = [2, 3, 4, 8]
 
@@ -31,10 +31,7 @@ def test_golden_vectors(vectors):
 @pytest.mark.parametrize("order", ["sequential", "awq"])
 def test_every_nibble_in_every_slot(order):
     # 16 values x 8 slots: word (v, slot) holds v in that slot and zeros elsewhere.
-    values = np.zeros((16 * 8, 8), dtype=np.uint8)
-    for v in range(16):
-        for slot in range(8):
-            values[v * 8 + slot, slot] = v
+    values = every_value_in_every_slot(4)
     packed = incq.pack(values, 4, axis=1, order=order)
     oracle = pack_along(values, 4, 1, awq=(order == "awq"))
     assert_array_equal(packed, oracle, strict=True)
@@ -54,40 +51,26 @@ def test_every_word_of_two_nibbles_exhaustive():
         assert_array_equal(incq.unpack(packed, 4, axis=1), values, strict=True)
 
 
-def test_all_bytes_in_every_slot():
-    values = np.zeros((256 * 4, 4), dtype=np.uint8)
-    for v in range(256):
-        for slot in range(4):
-            values[v * 4 + slot, slot] = v
-    packed = incq.pack(values, 8, axis=1)
+@pytest.mark.parametrize("bits", BITS)
+def test_every_value_in_every_slot_matches_the_oracle(bits):
+    # 3-bit: 8 values x 32 positions, including the two that straddle words (10 and 21).
+    values = every_value_in_every_slot(bits)
+    packed = incq.pack(values, bits, axis=1)
+    assert packed.shape == (values.shape[0], 3 if bits == 3 else 1)
+    assert_array_equal(packed, pack_along(values, bits, 1), strict=True)
+    assert_array_equal(incq.unpack(packed, bits, axis=1), values, strict=True)
+
+
+def test_all_bytes_in_every_slot_by_hand():
+    packed = incq.pack(every_value_in_every_slot(8), 8, axis=1)
     expected = np.array([v << (8 * s) for v in range(256) for s in range(4)], dtype=np.uint32).view(np.int32)
     assert_array_equal(packed[:, 0], expected, strict=True)
-    assert_array_equal(incq.unpack(packed, 8, axis=1), values, strict=True)
 
 
-def test_all_2bit_values_in_every_slot():
-    values = np.zeros((4 * 16, 16), dtype=np.uint8)
-    for v in range(4):
-        for slot in range(16):
-            values[v * 16 + slot, slot] = v
-    packed = incq.pack(values, 2, axis=1)
-    assert_array_equal(packed, pack_along(values, 2, 1), strict=True)
-    assert_array_equal(incq.unpack(packed, 2, axis=1), values, strict=True)
-
-
-def test_every_3bit_value_at_every_position():
-    # 8 values x 32 positions, including the two that straddle word boundaries (10 and 21).
-    values = np.zeros((8 * 32, 32), dtype=np.uint8)
-    for v in range(8):
-        for pos in range(32):
-            values[v * 32 + pos, pos] = v
-    packed = incq.pack(values, 3, axis=1)
-    assert packed.shape == (256, 3)
-    assert_array_equal(packed, pack_along(values, 3, 1), strict=True)
-    assert_array_equal(incq.unpack(packed, 3, axis=1), values, strict=True)
+def test_3bit_straddling_value_by_hand():
     # Value 10 = 5 (0b101): bit 30 of word 0 and bit 0 of word 1.
-    row = 5 * 32 + 10
-    assert [int(w) for w in packed[row].view(np.uint32)] == [1 << 30, 1, 0]
+    packed = incq.pack(every_value_in_every_slot(3), 3, axis=1)
+    assert [int(w) for w in packed[5 * 32 + 10].view(np.uint32)] == [1 << 30, 1, 0]
 
 
 def test_3bit_every_single_bit_of_the_stream():
