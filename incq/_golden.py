@@ -37,8 +37,8 @@ def _ones_stream(bits: int) -> np.ndarray:
 
 def _pack_last(values: np.ndarray, bits: int) -> np.ndarray:
     """Pack along the last axis in sequential order; returns int32 words."""
-    v = values.astype(np.uint64)
     if bits == 3:
+        v = values.astype(np.uint64)
         # A block of 32 values is one 96-bit little-endian stream; value j at bits 3j..3j+2.
         # Values 0..10 fill stream bits 0..32 ("low"); values 11..31 fill bits 33..95, which
         # are bits 1..63 of "high" = word1 | word2 << 32 shifted by 32.
@@ -51,17 +51,17 @@ def _pack_last(values: np.ndarray, bits: int) -> np.ndarray:
         words = rearrange(words, "... w k -> ... (w k)")
     else:
         per_word = 32 // bits
-        shifts = np.arange(per_word, dtype=np.uint64) * bits
-        blocks = rearrange(v, "... (w j) -> ... w j", j=per_word)
+        shifts = np.arange(per_word, dtype=np.uint32) * bits
+        blocks = rearrange(values.astype(np.uint32), "... (w j) -> ... w j", j=per_word)
         words = np.bitwise_or.reduce(blocks << shifts, axis=-1)
     return words.astype(np.uint32).view(np.int32)
 
 
 def _unpack_last(packed: np.ndarray, bits: int) -> np.ndarray:
     """Unpack int32 words along the last axis in sequential order; returns uint8 codes."""
-    w = packed.view(np.uint32).astype(np.uint64)
-    mask = np.uint64((1 << bits) - 1)
     if bits == 3:
+        w = packed.view(np.uint32).astype(np.uint64)
+        mask = np.uint64((1 << bits) - 1)
         blocks = rearrange(w, "... (w k) -> ... w k", k=3)
         low = blocks[..., 0] | (blocks[..., 1] << np.uint64(32))
         high = blocks[..., 1] | (blocks[..., 2] << np.uint64(32))
@@ -69,8 +69,8 @@ def _unpack_last(packed: np.ndarray, bits: int) -> np.ndarray:
         rest = (high[..., None] >> (np.arange(11, 32, dtype=np.uint64) * 3 - 32)) & mask
         values = np.concatenate([first, rest], axis=-1)
     else:
-        shifts = np.arange(32 // bits, dtype=np.uint64) * bits
-        values = (w[..., None] >> shifts) & mask
+        shifts = np.arange(32 // bits, dtype=np.uint32) * bits
+        values = (packed.view(np.uint32)[..., None] >> shifts) & np.uint32((1 << bits) - 1)
     return rearrange(values, "... w j -> ... (w j)").astype(np.uint8)
 
 
