@@ -136,8 +136,8 @@ def unpack_zeros(qzeros, bits=4, *, packing="gptq", zero_offset=0):
 
 def _encode_zeros(fn, backend, zeros, bits, packing, zero_offset, on_zero):
     """Shared tail of pack_zeros / awq_zeros_to_gptq: the z = 0 policy, then the encoder."""
-    if zero_offset and packing == "gptq" and zeros.size and backend.count_equal(zeros, 0):
-        count = backend.count_equal(zeros, 0)
+    count = backend.count_equal(zeros, 0) if zero_offset and packing == "gptq" else 0
+    if count:
         where = backend.first_index_equal(zeros, 0)
         if on_zero == "raise":
             raise v.fail(

@@ -27,11 +27,6 @@ def words_per_block(bits: int) -> int:
     return 3 if bits == 3 else 1
 
 
-def _ones_stream(bits: int) -> np.ndarray:
-    """The packed words of a block whose every value is 1 (the v1 zero-point offset)."""
-    return _pack_last(np.ones(values_per_block(bits), dtype=np.uint8), bits).view(np.uint32)
-
-
 # --------------------------------------------------------------------------- pack / unpack
 
 
@@ -119,15 +114,15 @@ def add_block_constant(words: np.ndarray, bits: int, constant: np.ndarray) -> np
 
 
 def v1_offset_words(bits: int, sign: int) -> np.ndarray:
-    """The packed block that adds (sign = +1) or subtracts (sign = -1) one from every value."""
-    ones = _ones_stream(bits).astype(np.uint64)
-    if sign > 0:
-        return ones.astype(np.uint32)
-    # Two's complement of the multi-word integer: invert every word, then add one.
-    inverted = (~ones) & _MASK32
-    one = np.zeros(len(ones), dtype=np.uint32)
-    one[0] = 1
-    return add_block_constant(inverted.astype(np.uint32).view(np.int32)[None], bits, one)[0].view(np.uint32)
+    """The packed block that adds (sign = +1) or subtracts (sign = -1) one from every value.
+
+    The block of ones (value 1 in every slot) as one integer; subtraction adds its two's
+    complement modulo the block width.
+    """
+    k = words_per_block(bits)
+    ones = sum(1 << (bits * j) for j in range(values_per_block(bits)))
+    block = ones if sign > 0 else -ones % (1 << (32 * k))
+    return np.array([(block >> (32 * i)) & 0xFFFFFFFF for i in range(k)], dtype=np.uint32)
 
 
 def unpack_zeros(qzeros: np.ndarray, bits: int, packing: str, zero_offset: int) -> np.ndarray:
