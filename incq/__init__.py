@@ -19,7 +19,7 @@ from ._api import (
 )
 from ._config import config_kwargs
 from ._errors import IncqError, IncqWarning
-from ._golden import AWQ_ORDER, AWQ_REVERSE_ORDER
+from ._layout import AWQ_ORDER, AWQ_REVERSE_ORDER
 
 __version__ = "0.1.0"
 

@@ -10,6 +10,7 @@ import warnings
 from . import _dispatch
 from . import _validate as v
 from ._errors import IncqWarning
+from ._layout import values_per_block, words_per_block
 
 
 def pack(values, bits, *, axis=0, order="sequential"):
@@ -46,7 +47,7 @@ def pack(values, bits, *, axis=0, order="sequential"):
     if values.ndim == 0:
         raise v.fail(fn, "values", "must have at least one dimension", v.describe(values))
     axis = v.check_axis(fn, axis, values.ndim)
-    per_block, _ = v.values_per_word_block(bits)
+    per_block = values_per_block(bits)
     v.check_divisible(fn, "values", values, axis, per_block, "length")
     return _dispatch.backend_for(fn, values).pack(values, bits, axis, order)
 
@@ -67,7 +68,7 @@ def unpack(packed, bits, *, axis=0, order="sequential"):
     if packed.ndim == 0:
         raise v.fail(fn, "packed", "must have at least one dimension", v.describe(packed))
     axis = v.check_axis(fn, axis, packed.ndim)
-    _, words = v.values_per_word_block(bits)
+    words = words_per_block(bits)
     v.check_divisible(fn, "packed", packed, axis, words, "length")
     return _dispatch.backend_for(fn, packed).unpack(packed, bits, axis, order)
 
@@ -107,7 +108,7 @@ def gptq_to_awq(qweight, bits=4):
 
 def _check_qzeros(fn, qzeros, bits, packing):
     qzeros = v.check_packed(fn, "qzeros", qzeros, ndim=2)
-    _, words = v.values_per_word_block(bits)
+    words = words_per_block(bits)
     v.check_divisible(fn, "qzeros", qzeros, 1, 1 if packing == "awq" else words, "columns")
     return qzeros
 
@@ -175,7 +176,7 @@ def pack_zeros(zeros, bits=4, *, packing="gptq", zero_offset=0, on_zero="raise")
     packing, zero_offset = v.check_packing(fn, packing, bits, zero_offset)
     on_zero = v.check_str_choice(fn, "on_zero", on_zero, v.ON_ZERO)
     zeros = v.check_codes(fn, "zeros", zeros, bits, ndim=2)
-    per_block, _ = v.values_per_word_block(bits)
+    per_block = values_per_block(bits)
     v.check_divisible(fn, "zeros", zeros, 1, 8 if packing == "awq" else per_block, "columns (N)")
     backend = _dispatch.backend_for(fn, zeros)
     return _encode_zeros(fn, backend, zeros, bits, packing, zero_offset, on_zero)
@@ -274,7 +275,7 @@ def quantize(w, *, bits=4, group_size=128, sym=True, packing="gptq", zero_offset
     w = v.check_float(fn, "w", w, ndim=2)
     v.check_not_empty(fn, "w", w)
     g = v.check_group_size(fn, group_size, w.shape[0])
-    per_block, _ = v.values_per_word_block(bits)
+    per_block = values_per_block(bits)
     if packing == "gptq":
         v.check_divisible(fn, "w", w, 0, per_block, "rows (K)")
         v.check_divisible(fn, "w", w, 1, per_block, "columns (N, for the packed zeros)")

@@ -10,21 +10,9 @@ from __future__ import annotations
 import numpy as np
 from einops import rearrange
 
-#: AWQ nibble order: slot ``i`` of a word holds column ``8 * c + AWQ_ORDER[i]``.
-AWQ_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)
-#: The inverse permutation: sequential column ``j`` sits in slot ``AWQ_REVERSE_ORDER[j]``.
-AWQ_REVERSE_ORDER = (0, 4, 1, 5, 2, 6, 3, 7)
+from ._layout import AWQ_ORDER, AWQ_REVERSE_ORDER, values_per_block, words_per_block
 
 _MASK32 = np.uint64(0xFFFFFFFF)
-
-
-def values_per_block(bits: int) -> int:
-    """Values in one packing block: a word for 2/4/8 bits, three words (32 values) for 3 bits."""
-    return 32 if bits == 3 else 32 // bits
-
-
-def words_per_block(bits: int) -> int:
-    return 3 if bits == 3 else 1
 
 
 # --------------------------------------------------------------------------- pack / unpack

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from ._errors import IncqError
+from ._layout import values_per_block, words_per_block
 
 SUPPORTED_BITS = (2, 3, 4, 8)
 ORDERS = ("sequential", "awq")
@@ -152,18 +153,13 @@ def check_shape(fn: str, name: str, x: np.ndarray, shape: tuple[int, ...], how: 
 # --------------------------------------------------------------------------- layers
 
 
-def values_per_word_block(bits: int) -> tuple[int, int]:
-    """(values, words) of one packing block: (32 // b, 1), or (32, 3) for 3 bits."""
-    return (32, 3) if bits == 3 else (32 // bits, 1)
-
-
 def check_layer(fn, qweight, scales, qzeros, g_idx, bits, group_size, packing, zero_offset):
     """Checks a quantized layer's tensors against each other; returns (K, N, group_size, G)."""
     bits = check_bits(fn, bits)
     packing, zero_offset = check_packing(fn, packing, bits, zero_offset)
     qweight = check_packed(fn, "qweight", qweight, ndim=2)
     check_not_empty(fn, "qweight", qweight)
-    values, words = values_per_word_block(bits)
+    values, words = values_per_block(bits), words_per_block(bits)
     if packing == "gptq":
         check_divisible(fn, "qweight", qweight, 0, words, f"rows (K * {bits} / 32)")
         k, n = qweight.shape[0] * values // words, qweight.shape[1]

@@ -1,0 +1,18 @@
+"""Layout constants shared by the validators and every backend (``specs/gptq.md``, ``specs/awq.md``)."""
+
+from __future__ import annotations
+
+#: AWQ nibble order: slot ``i`` of a word holds column ``8 * c + AWQ_ORDER[i]``.
+AWQ_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)
+#: The inverse permutation: sequential column ``j`` sits in slot ``AWQ_REVERSE_ORDER[j]``.
+AWQ_REVERSE_ORDER = (0, 4, 1, 5, 2, 6, 3, 7)
+
+
+def values_per_block(bits: int) -> int:
+    """Values in one packing block: a word for 2/4/8 bits, three words (32 values) for 3 bits."""
+    return 32 if bits == 3 else 32 // bits
+
+
+def words_per_block(bits: int) -> int:
+    """int32 words in one packing block."""
+    return 3 if bits == 3 else 1
