@@ -58,10 +58,9 @@ def main(argv: list[str] | None = None) -> int:
         if packing != "awq":
             continue
         for target in (0, 1):
-            start = time.perf_counter()
-            qweight = incq.awq_to_gptq(layer[0])
-            qzeros = incq.awq_zeros_to_gptq(layer[2], zero_offset=target)
-            ms_c = (time.perf_counter() - start) * 1e3
+            (qweight, qzeros), ms_c = _timed(
+                lambda: (incq.awq_to_gptq(layer[0]), incq.awq_zeros_to_gptq(layer[2], zero_offset=target))
+            )
             again = incq.dequantize(qweight, layer[1], qzeros, bits=4, group_size=g, zero_offset=target)
             same = bool(np.array_equal(again, deq))
             ok &= same
