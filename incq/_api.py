@@ -13,7 +13,7 @@ from ._errors import IncqWarning
 from ._layout import values_per_block, words_per_block
 
 
-def pack(values, bits, *, axis=0, order="sequential"):
+def pack(values, bits, *, axis=0, order="sequential", backend=None):
     """Pack unsigned ``bits``-bit codes into int32 words along ``axis``.
 
     ``order="sequential"`` (GPTQ): value ``i`` of each group of ``32 / bits`` sits at bits
@@ -49,10 +49,10 @@ def pack(values, bits, *, axis=0, order="sequential"):
     axis = v.check_axis(fn, axis, values.ndim)
     per_block = values_per_block(bits)
     v.check_divisible(fn, "values", values, axis, per_block, "length")
-    return _dispatch.backend_for(fn, values).pack(values, bits, axis, order)
+    return _dispatch.backend_for(fn, {"values": values}, backend).pack(values, bits, axis, order)
 
 
-def unpack(packed, bits, *, axis=0, order="sequential"):
+def unpack(packed, bits, *, axis=0, order="sequential", backend=None):
     """Unpack int32 words into unsigned codes along ``axis``: the exact inverse of :func:`pack`.
 
     Returns a uint8 array, the length along ``axis`` multiplied by ``32 / bits``.
@@ -70,10 +70,10 @@ def unpack(packed, bits, *, axis=0, order="sequential"):
     axis = v.check_axis(fn, axis, packed.ndim)
     words = words_per_block(bits)
     v.check_divisible(fn, "packed", packed, axis, words, "length")
-    return _dispatch.backend_for(fn, packed).unpack(packed, bits, axis, order)
+    return _dispatch.backend_for(fn, {"packed": packed}, backend).unpack(packed, bits, axis, order)
 
 
-def awq_to_gptq(qweight, bits=4):
+def awq_to_gptq(qweight, bits=4, *, backend=None):
     """AWQ qweight ``[K, N/8]`` (packed along N, AWQ order) -> GPTQ qweight ``[K/8, N]``.
 
     Lossless: only bits move. ``K`` must be a multiple of 8.
@@ -91,10 +91,10 @@ def awq_to_gptq(qweight, bits=4):
     bits = v.check_bits(fn, bits, (4,))
     qweight = v.check_packed(fn, "qweight", qweight, ndim=2)
     v.check_divisible(fn, "qweight", qweight, 0, 8, "rows (K)")
-    return _dispatch.backend_for(fn, qweight).awq_to_gptq(qweight, bits)
+    return _dispatch.backend_for(fn, {"qweight": qweight}, backend).awq_to_gptq(qweight, bits)
 
 
-def gptq_to_awq(qweight, bits=4):
+def gptq_to_awq(qweight, bits=4, *, backend=None):
     """GPTQ qweight ``[K/8, N]`` -> AWQ qweight ``[K, N/8]``: the exact inverse of awq_to_gptq.
 
     ``N`` must be a multiple of 8.
@@ -103,7 +103,7 @@ def gptq_to_awq(qweight, bits=4):
     bits = v.check_bits(fn, bits, (4,))
     qweight = v.check_packed(fn, "qweight", qweight, ndim=2)
     v.check_divisible(fn, "qweight", qweight, 1, 8, "columns (N)")
-    return _dispatch.backend_for(fn, qweight).gptq_to_awq(qweight, bits)
+    return _dispatch.backend_for(fn, {"qweight": qweight}, backend).gptq_to_awq(qweight, bits)
 
 
 def _check_qzeros(fn, qzeros, bits, packing):
@@ -113,7 +113,7 @@ def _check_qzeros(fn, qzeros, bits, packing):
     return qzeros
 
 
-def unpack_zeros(qzeros, bits=4, *, packing="gptq", zero_offset=0):
+def unpack_zeros(qzeros, bits=4, *, packing="gptq", zero_offset=0, backend=None):
     """Stored qzeros ``[G, N * bits / 32]`` -> zero points ``z`` ``[G, N]`` (uint8).
 
     ``packing="gptq"`` packs sequentially along N; ``"awq"`` uses the AWQ nibble order.
@@ -132,7 +132,7 @@ def unpack_zeros(qzeros, bits=4, *, packing="gptq", zero_offset=0):
     bits = v.check_bits(fn, bits)
     packing, zero_offset = v.check_packing(fn, packing, bits, zero_offset)
     qzeros = _check_qzeros(fn, qzeros, bits, packing)
-    return _dispatch.backend_for(fn, qzeros).unpack_zeros(qzeros, bits, packing, zero_offset)
+    return _dispatch.backend_for(fn, {"qzeros": qzeros}, backend).unpack_zeros(qzeros, bits, packing, zero_offset)
 
 
 def _encode_zeros(fn, backend, zeros, bits, packing, zero_offset, on_zero):
@@ -157,7 +157,7 @@ def _encode_zeros(fn, backend, zeros, bits, packing, zero_offset, on_zero):
     return backend.pack_zeros(zeros, bits, packing, zero_offset)
 
 
-def pack_zeros(zeros, bits=4, *, packing="gptq", zero_offset=0, on_zero="raise"):
+def pack_zeros(zeros, bits=4, *, packing="gptq", zero_offset=0, on_zero="raise", backend=None):
     """Zero points ``z`` ``[G, N]`` -> stored qzeros, the inverse of :func:`unpack_zeros`.
 
     Under ``zero_offset=1`` (v1) a zero point of 0 has no storage that every decoder reads the
@@ -178,11 +178,11 @@ def pack_zeros(zeros, bits=4, *, packing="gptq", zero_offset=0, on_zero="raise")
     zeros = v.check_codes(fn, "zeros", zeros, bits, ndim=2)
     per_block = values_per_block(bits)
     v.check_divisible(fn, "zeros", zeros, 1, 8 if packing == "awq" else per_block, "columns (N)")
-    backend = _dispatch.backend_for(fn, zeros)
-    return _encode_zeros(fn, backend, zeros, bits, packing, zero_offset, on_zero)
+    chosen = _dispatch.backend_for(fn, {"zeros": zeros}, backend)
+    return _encode_zeros(fn, chosen, zeros, bits, packing, zero_offset, on_zero)
 
 
-def awq_zeros_to_gptq(qzeros, bits=4, *, zero_offset=0, on_zero="raise"):
+def awq_zeros_to_gptq(qzeros, bits=4, *, zero_offset=0, on_zero="raise", backend=None):
     """AWQ qzeros ``[G, N/8]`` (raw, AWQ order) -> GPTQ qzeros ``[G, N/8]`` (sequential).
 
     ``zero_offset`` chooses the target convention: 0 for raw zeros (GPTQ v2, AutoRound
@@ -201,24 +201,24 @@ def awq_zeros_to_gptq(qzeros, bits=4, *, zero_offset=0, on_zero="raise"):
     zero_offset = v.check_int_choice(fn, "zero_offset", zero_offset, (0, 1))
     on_zero = v.check_str_choice(fn, "on_zero", on_zero, v.ON_ZERO)
     qzeros = _check_qzeros(fn, qzeros, bits, "awq")
-    backend = _dispatch.backend_for(fn, qzeros)
-    zeros = backend.unpack_zeros(qzeros, bits, "awq", 0)
-    return _encode_zeros(fn, backend, zeros, bits, "gptq", zero_offset, on_zero)
+    chosen = _dispatch.backend_for(fn, {"qzeros": qzeros}, backend)
+    zeros = chosen.unpack_zeros(qzeros, bits, "awq", 0)
+    return _encode_zeros(fn, chosen, zeros, bits, "gptq", zero_offset, on_zero)
 
 
-def gptq_zeros_to_awq(qzeros, bits=4, *, zero_offset=0):
+def gptq_zeros_to_awq(qzeros, bits=4, *, zero_offset=0, backend=None):
     """GPTQ qzeros ``[G, N/8]`` stored under ``zero_offset`` -> AWQ qzeros (raw, AWQ order)."""
     fn = "gptq_zeros_to_awq"
     bits = v.check_bits(fn, bits, (4,))
     zero_offset = v.check_int_choice(fn, "zero_offset", zero_offset, (0, 1))
     qzeros = _check_qzeros(fn, qzeros, bits, "gptq")
-    backend = _dispatch.backend_for(fn, qzeros)
-    zeros = backend.unpack_zeros(qzeros, bits, "gptq", zero_offset)
-    return backend.pack_zeros(zeros, bits, "awq", 0)
+    chosen = _dispatch.backend_for(fn, {"qzeros": qzeros}, backend)
+    zeros = chosen.unpack_zeros(qzeros, bits, "gptq", zero_offset)
+    return chosen.pack_zeros(zeros, bits, "awq", 0)
 
 
 def dequantize(qweight, scales, qzeros=None, g_idx=None, *, bits=4, group_size=128, packing="gptq",
-               zero_offset=0):
+               zero_offset=0, backend=None):
     """Dequantize a checkpoint layer: ``W[k, n] = (q[k, n] - z[g, n]) * s[g, n]``, ``g = g_idx[k]``.
 
     ===========  ===================  ===================  =====================
@@ -246,11 +246,11 @@ def dequantize(qweight, scales, qzeros=None, g_idx=None, *, bits=4, group_size=1
     """
     fn = "dequantize"
     _, _, g, _ = v.check_layer(fn, qweight, scales, qzeros, g_idx, bits, group_size, packing, zero_offset)
-    backend = _dispatch.backend_for(fn, qweight, scales, qzeros, g_idx)
-    return backend.dequantize(qweight, scales, qzeros, g_idx, int(bits), g, packing, int(zero_offset))
+    chosen = _dispatch.backend_for(fn, dict(qweight=qweight, scales=scales, qzeros=qzeros, g_idx=g_idx), backend)
+    return chosen.dequantize(qweight, scales, qzeros, g_idx, int(bits), g, packing, int(zero_offset))
 
 
-def quantize(w, *, bits=4, group_size=128, sym=True, packing="gptq", zero_offset=0):
+def quantize(w, *, bits=4, group_size=128, sym=True, packing="gptq", zero_offset=0, backend=None):
     """Round-to-nearest quantization of ``w [K, N]`` -> ``(qweight, scales, qzeros, g_idx)``.
 
     Symmetric (AutoRound's rule): per group and column the value of largest magnitude maps to
@@ -281,7 +281,7 @@ def quantize(w, *, bits=4, group_size=128, sym=True, packing="gptq", zero_offset
         v.check_divisible(fn, "w", w, 1, per_block, "columns (N, for the packed zeros)")
     else:
         v.check_divisible(fn, "w", w, 1, 8, "columns (N)")
-    return _dispatch.backend_for(fn, w).quantize(w, bits, g, sym, packing, zero_offset)
+    return _dispatch.backend_for(fn, {"w": w}, backend).quantize(w, bits, g, sym, packing, zero_offset)
 
 
 def w4a16_matmul(x, qweight, scales, qzeros=None, g_idx=None, bias=None, *, bits=4, group_size=128,
@@ -300,7 +300,9 @@ def w4a16_matmul(x, qweight, scales, qzeros=None, g_idx=None, bias=None, *, bits
     if bias is not None:
         bias = v.check_float(fn, "bias", bias, ndim=1)
         v.check_shape(fn, "bias", bias, (n,), f"[N] for N = {n}")
-    chosen = _dispatch.backend_for(fn, x, qweight, scales, qzeros, g_idx, bias, backend=backend)
+    chosen = _dispatch.backend_for(
+        fn, dict(x=x, qweight=qweight, scales=scales, qzeros=qzeros, g_idx=g_idx, bias=bias), backend
+    )
     return chosen.w4a16_matmul(x, qweight, scales, qzeros, g_idx, bias, int(bits), g, packing, int(zero_offset))
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 from einops import rearrange
 
-from ._layout import AWQ_ORDER, AWQ_REVERSE_ORDER, values_per_block, words_per_block
+from ._layout import AWQ_ORDER, AWQ_REVERSE_ORDER, v1_offset_block, values_per_block, words_per_block
 
 _MASK32 = np.uint64(0xFFFFFFFF)
 
@@ -84,7 +84,7 @@ def gptq_to_awq(qweight: np.ndarray, bits: int) -> np.ndarray:
 # --------------------------------------------------------------------------- zero points
 
 
-def add_block_constant(words: np.ndarray, bits: int, constant: np.ndarray) -> np.ndarray:
+def add_block_constant(words: np.ndarray, bits: int, constant: tuple[int, ...]) -> np.ndarray:
     """Add a packed constant to every block of words along the last axis, wrapping.
 
     A block (one word, or three for 3 bits) is read as one little-endian integer; carries pass
@@ -101,24 +101,12 @@ def add_block_constant(words: np.ndarray, bits: int, constant: np.ndarray) -> np
     return rearrange(out, "... b k -> ... (b k)").astype(np.uint32).view(np.int32)
 
 
-def v1_offset_words(bits: int, sign: int) -> np.ndarray:
-    """The packed block that adds (sign = +1) or subtracts (sign = -1) one from every value.
-
-    The block of ones (value 1 in every slot) as one integer; subtraction adds its two's
-    complement modulo the block width.
-    """
-    k = words_per_block(bits)
-    ones = sum(1 << (bits * j) for j in range(values_per_block(bits)))
-    block = ones if sign > 0 else -ones % (1 << (32 * k))
-    return np.array([(block >> (32 * i)) & 0xFFFFFFFF for i in range(k)], dtype=np.uint32)
-
-
 def unpack_zeros(qzeros: np.ndarray, bits: int, packing: str, zero_offset: int) -> np.ndarray:
     """Stored zero words ``[G, N*b/32]`` -> zero points ``[G, N]`` (uint8)."""
     if packing == "awq":
         return unpack(qzeros, bits, 1, "awq")
     if zero_offset:
-        qzeros = add_block_constant(qzeros, bits, v1_offset_words(bits, +1))
+        qzeros = add_block_constant(qzeros, bits, v1_offset_block(bits, +1))
     return unpack(qzeros, bits, 1, "sequential")
 
 
@@ -128,7 +116,7 @@ def pack_zeros(zeros: np.ndarray, bits: int, packing: str, zero_offset: int) -> 
         return pack(zeros, bits, 1, "awq")
     words = pack(zeros, bits, 1, "sequential")
     if zero_offset:
-        words = add_block_constant(words, bits, v1_offset_words(bits, -1))
+        words = add_block_constant(words, bits, v1_offset_block(bits, -1))
     return words
 
 
@@ -165,7 +153,24 @@ def dequantize(qweight, scales, qzeros, g_idx, bits, group_size, packing, zero_o
 # --------------------------------------------------------------------------- quantize
 
 
-def quantize(w, bits, group_size, sym, packing, zero_offset):
+def round_scales(scale: np.ndarray, dtype) -> np.ndarray:
+    """float64 scales -> ``dtype``; 16-bit dtypes are reached through float32.
+
+    That is the rule every backend follows (torch converts float64 to a 16-bit type through
+    float32). ``dtype="bfloat16"`` serves torch tensors run on the golden: NumPy has no
+    bfloat16, so the result is float32 holding bfloat16 values, rounded to nearest even.
+    """
+    if isinstance(dtype, str) and dtype == "bfloat16":
+        bits = scale.astype(np.float32).view(np.uint32)
+        rounded = (bits + np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1))) & np.uint32(0xFFFF0000)
+        return rounded.view(np.float32)
+    dtype = np.dtype(dtype)
+    if dtype.itemsize < 4:
+        return scale.astype(np.float32).astype(dtype)
+    return scale.astype(dtype)
+
+
+def quantize(w, bits, group_size, sym, packing, zero_offset, scale_dtype=None):
     k, n = w.shape
     g = k if group_size == -1 else group_size
     maxq = (1 << bits) - 1
@@ -179,13 +184,13 @@ def quantize(w, bits, group_size, sym, packing, zero_offset):
         scale = -extreme / (1 << (bits - 1))
         scale = np.where(scale == 0, 1.0, scale)
         zeros = np.full(scale.shape, 1 << (bits - 1), dtype=np.int64)
-        scales = scale.astype(w.dtype)
+        scales = round_scales(scale, w.dtype if scale_dtype is None else scale_dtype)
     else:
         lo = np.minimum(groups.min(axis=1), 0.0)
         hi = np.maximum(groups.max(axis=1), 0.0)
         scale = (hi - lo) / maxq
         scale = np.where(scale == 0, 1.0, scale)
-        scales = scale.astype(w.dtype)
+        scales = round_scales(scale, w.dtype if scale_dtype is None else scale_dtype)
         zmin = 1 if (zero_offset and packing == "gptq") else 0
         zeros = np.clip(np.rint(-lo / scales.astype(np.float64)), zmin, maxq).astype(np.int64)
     s = scales.astype(np.float64)

@@ -16,3 +16,16 @@ def values_per_block(bits: int) -> int:
 def words_per_block(bits: int) -> int:
     """int32 words in one packing block."""
     return 3 if bits == 3 else 1
+
+
+def v1_offset_block(bits: int, sign: int) -> tuple[int, ...]:
+    """The words of the packed block that adds (``sign=+1``) or subtracts (``-1``) one from
+    every value of a block, lowest word first (``specs/zero-points.md``).
+
+    The block of ones (value 1 in every slot) read as one integer; subtraction adds its two's
+    complement modulo the block width.
+    """
+    k = words_per_block(bits)
+    ones = sum(1 << (bits * j) for j in range(values_per_block(bits)))
+    block = ones if sign > 0 else -ones % (1 << (32 * k))
+    return tuple((block >> (32 * i)) & 0xFFFFFFFF for i in range(k))

@@ -8,6 +8,7 @@ survive ``python -O``.
 from __future__ import annotations
 
 import numbers
+import sys
 from typing import Any
 
 import numpy as np
@@ -30,7 +31,9 @@ def describe(value: Any) -> str:
     shape = getattr(value, "shape", None)
     dtype = getattr(value, "dtype", None)
     if shape is not None and dtype is not None:
-        return f"{type(value).__module__.split('.')[0]}.{type(value).__name__} of shape {tuple(shape)} and dtype {dtype}"
+        where = f" on {value.device}" if is_torch(value) else ""
+        kind = f"{type(value).__module__.split('.')[0]}.{type(value).__name__}"
+        return f"{kind} of shape {tuple(shape)} and dtype {dtype}{where}"
     text = repr(value)
     text = text if len(text) <= 80 else text[:77] + "..."
     if value is None or isinstance(value, (bool, numbers.Number, str)):
@@ -93,11 +96,50 @@ def check_group_size(fn: str, group_size: Any, k: int) -> int:
 
 
 # --------------------------------------------------------------------------- arrays
+#
+# Arrays are NumPy arrays or torch tensors. torch is never imported here: a tensor can only
+# exist if the caller imported torch, so ``sys.modules`` tells whether one can be present.
+# Shape and dtype checks run everywhere. Checks of values (code range, group indices, finite
+# scales) read the data; they run eagerly on every backend and are skipped while
+# ``torch.compile`` traces a call, where reading a value would break the graph.
 
 
-def check_array(fn: str, name: str, x: Any, *, ndim: int | tuple[int, ...] | None = None) -> np.ndarray:
-    if not isinstance(x, np.ndarray):
-        raise fail(fn, name, "must be a NumPy array", describe(x))
+def torch_module():
+    """The torch module if it is already imported, else None."""
+    return sys.modules.get("torch")
+
+
+def is_torch(x: Any) -> bool:
+    torch = torch_module()
+    return torch is not None and isinstance(x, torch.Tensor)
+
+
+def compiling() -> bool:
+    torch = torch_module()
+    return torch is not None and torch.compiler.is_compiling()
+
+
+def dtype_kind(x: Any) -> str:
+    """One letter for the dtype's kind, as NumPy spells it: 'b', 'i', 'u', 'f' or 'c'."""
+    if isinstance(x, np.ndarray):
+        return x.dtype.kind
+    dtype = x.dtype
+    if dtype == torch_module().bool:
+        return "b"
+    if dtype.is_complex:
+        return "c"
+    if dtype.is_floating_point:
+        return "f"
+    return "i" if dtype.is_signed else "u"
+
+
+def _is_int32(x: Any) -> bool:
+    return x.dtype == (np.int32 if isinstance(x, np.ndarray) else torch_module().int32)
+
+
+def check_array(fn: str, name: str, x: Any, *, ndim: int | tuple[int, ...] | None = None) -> Any:
+    if not (isinstance(x, np.ndarray) or is_torch(x)):
+        raise fail(fn, name, "must be a NumPy array or a torch tensor", describe(x))
     if ndim is not None:
         allowed = (ndim,) if isinstance(ndim, int) else ndim
         if x.ndim not in allowed:
@@ -106,46 +148,67 @@ def check_array(fn: str, name: str, x: Any, *, ndim: int | tuple[int, ...] | Non
     return x
 
 
-def check_packed(fn: str, name: str, x: Any, *, ndim: int | None = None) -> np.ndarray:
+def check_packed(fn: str, name: str, x: Any, *, ndim: int | None = None) -> Any:
     x = check_array(fn, name, x, ndim=ndim)
-    if x.dtype != np.int32:
+    if not _is_int32(x):
         raise fail(fn, name, "must hold packed int32 words", describe(x))
     return x
 
 
-def check_codes(fn: str, name: str, x: Any, bits: int, *, ndim: int | None = None) -> np.ndarray:
+def _min_max(x: Any) -> tuple[int, int]:
+    if isinstance(x, np.ndarray):
+        return int(x.min()), int(x.max())
+    torch = torch_module()
+    narrow = x.dtype.is_signed or x.dtype == torch.uint8
+    lo, hi = torch.aminmax(x if narrow else x.long())
+    return int(lo), int(hi)
+
+
+def check_integer(fn: str, name: str, x: Any, *, ndim: int | None = None) -> Any:
     x = check_array(fn, name, x, ndim=ndim)
-    if x.dtype == np.bool_ or not np.issubdtype(x.dtype, np.integer):
+    if dtype_kind(x) not in "iu":
         raise fail(fn, name, "must have an integer dtype", describe(x))
-    if x.size:
-        lo, hi = int(x.min()), int(x.max())
+    return x
+
+
+def check_codes(fn: str, name: str, x: Any, bits: int, *, ndim: int | None = None) -> Any:
+    x = check_integer(fn, name, x, ndim=ndim)
+    if size(x) and not compiling():
+        lo, hi = _min_max(x)
         if lo < 0 or hi >= 1 << bits:
             bad = lo if lo < 0 else hi
             raise fail(fn, name, f"must hold {bits}-bit codes in [0, {(1 << bits) - 1}]", f"value {bad}")
     return x
 
 
-def check_float(fn: str, name: str, x: Any, *, ndim: int | tuple[int, ...] | None = None) -> np.ndarray:
+def check_float(fn: str, name: str, x: Any, *, ndim: int | tuple[int, ...] | None = None) -> Any:
     x = check_array(fn, name, x, ndim=ndim)
-    if not np.issubdtype(x.dtype, np.floating):
+    if dtype_kind(x) != "f":
         raise fail(fn, name, "must have a floating dtype", describe(x))
-    if x.size and not np.isfinite(x).all():
-        first = tuple(int(i) for i in np.argwhere(~np.isfinite(x))[0])
-        raise fail(fn, name, "must be finite", f"{x[first]} at index {first}")
+    if size(x) and not compiling():
+        xp = np if isinstance(x, np.ndarray) else torch_module()
+        finite = xp.isfinite(x)
+        if not bool(finite.all()):
+            first = tuple(int(i) for i in xp.argwhere(~finite)[0])
+            raise fail(fn, name, "must be finite", f"{x[first].item()} at index {first}")
     return x
 
 
-def check_divisible(fn: str, name: str, x: np.ndarray, axis: int, multiple: int, what: str) -> None:
+def size(x: Any) -> int:
+    return int(x.numel()) if is_torch(x) else int(x.size)
+
+
+def check_divisible(fn: str, name: str, x: Any, axis: int, multiple: int, what: str) -> None:
     if x.shape[axis] % multiple:
         raise fail(fn, name, f"must have {what} (axis {axis}) divisible by {multiple}", describe(x))
 
 
-def check_not_empty(fn: str, name: str, x: np.ndarray) -> None:
-    if x.size == 0:
+def check_not_empty(fn: str, name: str, x: Any) -> None:
+    if size(x) == 0:
         raise fail(fn, name, "must not be empty", describe(x))
 
 
-def check_shape(fn: str, name: str, x: np.ndarray, shape: tuple[int, ...], how: str) -> None:
+def check_shape(fn: str, name: str, x: Any, shape: tuple[int, ...], how: str) -> None:
     if tuple(x.shape) != tuple(shape):
         raise fail(fn, name, f"must have shape {tuple(shape)} ({how})", describe(x))
 
@@ -175,11 +238,9 @@ def check_layer(fn, qweight, scales, qzeros, g_idx, bits, group_size, packing, z
             raise fail(fn, "qzeros", f"needs N divisible by {values} to pack {bits}-bit zeros along N", f"N = {n}")
         check_shape(fn, "qzeros", qzeros, (groups, n * words // values), f"[G, N * {bits} / 32] for G = {groups}, N = {n}")
     if g_idx is not None:
-        g_idx = check_array(fn, "g_idx", g_idx, ndim=1)
-        if g_idx.dtype == np.bool_ or not np.issubdtype(g_idx.dtype, np.integer):
-            raise fail(fn, "g_idx", "must have an integer dtype", describe(g_idx))
+        g_idx = check_integer(fn, "g_idx", g_idx, ndim=1)
         check_shape(fn, "g_idx", g_idx, (k,), f"[K] for K = {k}")
-        lo, hi = int(g_idx.min()), int(g_idx.max())
+        lo, hi = (0, 0) if compiling() else _min_max(g_idx)
         if lo < 0 or hi >= groups:
             raise fail(fn, "g_idx", f"must hold group indices in [0, {groups - 1}]", f"value {lo if lo < 0 else hi}")
     return k, n, g, groups

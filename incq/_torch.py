@@ -1,0 +1,397 @@
+"""The torch backend: every public function on torch tensors, on the tensors' own device.
+
+Vectorized tensor operations only: no Python loop over elements or words, no trip through the
+host. Input has been validated by ``incq._validate``; nothing here checks it again. Results are
+bit-identical to the golden implementation (``incq._golden``) for every layout operation and for
+``dequantize``; ``w4a16_matmul`` is held to the tolerances of ``specs/matmul.md``.
+
+How the layouts are moved (``specs/gptq.md``, ``specs/awq.md``):
+
+* pack / unpack (2, 4, 8 bits) work on whole bytes: an int32 word is viewed as its four
+  little-endian bytes, each byte holding ``8 / bits`` codes. Packing combines codes into bytes
+  with one shift per code in a byte, then writes the bytes into their words with one strided
+  copy; unpacking is the mirror image. The AWQ nibble order is a permutation of the byte and
+  nibble indices, so it is a view, not a gather.
+* awq_to_gptq / gptq_to_awq transpose 8 x 8 blocks of nibbles (8 rows of one AWQ word column
+  <-> the 8 rows packed in one GPTQ word) with three exchanges on whole words: 16-bit halves
+  between words 4 apart, bytes between words 2 apart, nibbles between neighbours, each
+  ``t = ((a >> s) ^ b) & m; b ^= t; a ^= t << s``. One strided copy puts the words in place.
+* 3-bit blocks (three words, 32 codes) are read as two overlapping 64-bit integers.
+
+Under ``torch.compile`` the eager strided writes (``out=`` views) are replaced by plain
+functional expressions that the compiler fuses; both give the same bits.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ._layout import AWQ_REVERSE_ORDER, v1_offset_block, words_per_block
+
+_LOW32 = 0xFFFFFFFF
+#: (distance in words, shift in bits, mask of the low part) of the three nibble exchanges
+_EXCHANGES = ((4, 16, 0x0000FFFF), (2, 8, 0x00FF00FF), (1, 4, 0x0F0F0F0F))
+#: Layout work on the CPU is done in row blocks of about this many int32 words, so that the
+#: temporaries of one block stay in the cache.
+_CPU_BLOCK_WORDS = 1 << 21
+
+
+def _compiling() -> bool:
+    return torch.compiler.is_compiling()
+
+
+def _as_3d(x: torch.Tensor, axis: int) -> tuple[torch.Tensor, int, int]:
+    """View ``x`` as ``[pre, length, post]`` around ``axis`` (contiguous)."""
+    pre = math.prod(x.shape[:axis])
+    post = math.prod(x.shape[axis + 1 :])
+    return x.contiguous().view(pre, x.shape[axis], post), pre, post
+
+
+def _slot_view(codes: torch.Tensor, order: str) -> torch.Tensor:
+    """``[pre, W, 32/bits, post]`` codes -> ``[pre, W, *byte index, code in byte, post]``.
+
+    Sequential: code ``i`` of a word sits in byte ``i // (8/bits)`` at position ``i % (8/bits)``.
+    AWQ (4 bits): code ``m`` sits in slot ``s`` with ``AWQ_ORDER[s] = m``; with the bits of the
+    slot ``s = (s2 s1 s0)`` (byte ``s2 s1``, nibble ``s0``) that is ``m = (s1 s0 s2)``, so the
+    view is a permutation of three binary axes.
+    """
+    pre, w, per, post = codes.shape
+    if order == "awq":
+        return codes.view(pre, w, 2, 2, 2, post).permute(0, 1, 4, 2, 3, 5)
+    return codes.view(pre, w, 4, per // 4, post)
+
+
+def _word_bytes(words: torch.Tensor, order: str) -> torch.Tensor:
+    """int32 ``[pre, W, post]`` -> its bytes as ``[pre, W, *byte index, post]`` (a view)."""
+    pre, w, post = words.shape
+    index = (2, 2) if order == "awq" else (4,)
+    return words.view(torch.uint8).view(pre, w, post, *index).movedim(2, -1)
+
+
+# --------------------------------------------------------------------------- pack / unpack
+
+
+def pack(values: torch.Tensor, bits: int, axis: int, order: str) -> torch.Tensor:
+    codes = values if values.dtype == torch.uint8 else values.to(torch.uint8)
+    if bits == 3:
+        return _pack3_last(codes.movedim(axis, -1)).movedim(-1, axis).contiguous()
+    per = 32 // bits
+    codes, pre, post = _as_3d(codes, axis)
+    w = codes.shape[1] // per
+    slots = _slot_view(codes.view(pre, w, per, post), order)
+    byte = slots.select(-2, 0)
+    for t in range(1, 8 // bits):
+        byte = byte | (slots.select(-2, t) << (bits * t))
+    if _compiling():
+        words = _bytes_to_words(byte, (pre, w, post))
+    else:
+        words = torch.empty((pre, w, post), dtype=torch.int32, device=values.device)
+        _word_bytes(words, order).copy_(byte)
+    shape = list(values.shape)
+    shape[axis] = w
+    return words.view(shape)
+
+
+def _bytes_to_words(byte: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tensor:
+    """Functional form of writing ``[pre, W, *byte index, post]`` bytes into int32 words."""
+    moved = byte.movedim(-1, 2).contiguous()  # [pre, W, post, *byte index]
+    return moved.reshape(*shape, 4).view(torch.int32).view(shape)
+
+
+def unpack(packed: torch.Tensor, bits: int, axis: int, order: str) -> torch.Tensor:
+    if bits == 3:
+        return _unpack3_last(packed.movedim(axis, -1)).movedim(-1, axis).contiguous()
+    per = 32 // bits
+    words, pre, post = _as_3d(packed, axis)
+    w = words.shape[1]
+    if _compiling():
+        codes = _unpack_functional(words, bits, order)
+    else:
+        codes = torch.empty((pre, w, per, post), dtype=torch.uint8, device=packed.device)
+        slots = _slot_view(codes, order)
+        byte = _word_bytes(words, order)
+        mask, last = (1 << bits) - 1, 8 // bits - 1
+        for t in range(last + 1):
+            out = slots.select(-2, t)
+            if t == 0:
+                torch.bitwise_and(byte, mask, out=out)
+            elif t == last:
+                torch.bitwise_right_shift(byte, bits * t, out=out)
+            else:
+                torch.bitwise_and(byte >> (bits * t), mask, out=out)
+    shape = list(packed.shape)
+    shape[axis] = w * per
+    return codes.view(shape)
+
+
+def _unpack_functional(words: torch.Tensor, bits: int, order: str) -> torch.Tensor:
+    """``[pre, W, post]`` words -> ``[pre, W, 32/bits, post]`` codes as one shift-and-mask."""
+    per = 32 // bits
+    slot = AWQ_REVERSE_ORDER if order == "awq" else range(per)
+    shifts = torch.tensor([bits * s for s in slot], dtype=torch.int32, device=words.device)
+    return ((words.unsqueeze(2) >> shifts.view(1, 1, per, 1)) & ((1 << bits) - 1)).to(torch.uint8)
+
+
+def _pack3_last(codes: torch.Tensor) -> torch.Tensor:
+    """3-bit codes ``[..., 32 W]`` -> words ``[..., 3 W]``: each block is a 96-bit stream.
+
+    Codes 0..10 fill stream bits 0..32 (``low``); codes 11..31 fill bits 33..95, which are
+    bits 1..63 of ``high = word1 | word2 << 32`` (the golden's formulation).
+    """
+    blocks = codes.to(torch.int64).unflatten(-1, (-1, 32))
+    first = torch.arange(11, device=codes.device, dtype=torch.int64) * 3
+    rest = torch.arange(11, 32, device=codes.device, dtype=torch.int64) * 3 - 32
+    low = (blocks[..., :11] << first).sum(-1)
+    high = (blocks[..., 11:] << rest).sum(-1)
+    words = torch.stack([low & _LOW32, (low >> 32) | (high & _LOW32), (high >> 32) & _LOW32], -1)
+    return _low32_to_int32(words.flatten(-2))
+
+
+def _unpack3_last(packed: torch.Tensor) -> torch.Tensor:
+    blocks = (packed.to(torch.int64) & _LOW32).unflatten(-1, (-1, 3))
+    low = blocks[..., 0] | (blocks[..., 1] << 32)
+    high = blocks[..., 1] | (blocks[..., 2] << 32)
+    first = torch.arange(11, device=packed.device, dtype=torch.int64) * 3
+    rest = torch.arange(11, 32, device=packed.device, dtype=torch.int64) * 3 - 32
+    codes = torch.cat([(low.unsqueeze(-1) >> first) & 7, (high.unsqueeze(-1) >> rest) & 7], -1)
+    return codes.to(torch.uint8).flatten(-2)
+
+
+def _low32_to_int32(x: torch.Tensor) -> torch.Tensor:
+    """int64 holding values in [0, 2**32) -> int32 with the same 32 bits."""
+    return torch.where(x >= 1 << 31, x - (1 << 32), x).to(torch.int32)
+
+
+# --------------------------------------------------------------------------- AWQ <-> GPTQ
+
+
+def _row_blocks(rows: int, words_per_row: int, device: torch.device) -> int:
+    if device.type != "cpu" or _compiling():
+        return rows
+    return max(1, min(rows, _CPU_BLOCK_WORDS // max(1, words_per_row)))
+
+
+def _transpose_nibbles(src: torch.Tensor, dst: torch.Tensor) -> None:
+    """``dst[:, i]`` nibble ``j`` = ``src[:, j]`` nibble ``i`` for ``[B, 8, C]`` words.
+
+    ``dst`` may be ``src`` (in place); ``src`` is only read when it is not ``dst``.
+    """
+    b, _, c = src.shape
+    for distance, shift, mask in _EXCHANGES:
+        s = src.view(b, 8 // (2 * distance), 2, distance, c)
+        d = dst.view(b, 8 // (2 * distance), 2, distance, c)
+        low, high = s.select(2, 0), s.select(2, 1)
+        t = low >> shift
+        t ^= high
+        t &= mask
+        torch.bitwise_xor(high, t, out=d.select(2, 1))
+        t <<= shift
+        torch.bitwise_xor(low, t, out=d.select(2, 0))
+        src = dst
+
+
+def _transpose_nibbles_functional(w: torch.Tensor) -> torch.Tensor:
+    b, _, c = w.shape
+    for distance, shift, mask in _EXCHANGES:
+        v = w.view(b, 8 // (2 * distance), 2, distance, c)
+        low, high = v.select(2, 0), v.select(2, 1)
+        t = ((low >> shift) ^ high) & mask
+        w = torch.stack([low ^ (t << shift), high ^ t], 2).view(b, 8, c)
+    return w
+
+
+def awq_to_gptq(qweight: torch.Tensor, bits: int) -> torch.Tensor:
+    """AWQ ``[K, C]`` -> GPTQ ``[K/8, 8C]``.
+
+    Row ``j`` of a block of 8 holds, in slot ``i``, column ``AWQ_ORDER[i]``; after the
+    transpose, word ``i`` holds that column's 8 rows in sequential order, so GPTQ column ``m``
+    is transposed word ``AWQ_REVERSE_ORDER[m] = (m % 2) * 4 + m // 2``.
+    """
+    k, c = qweight.shape
+    words = qweight.contiguous().view(k // 8, 8, c)
+    if _compiling():
+        t = _transpose_nibbles_functional(words)
+        return t.view(k // 8, 2, 4, c).permute(0, 3, 2, 1).reshape(k // 8, 8 * c)
+    out = torch.empty((k // 8, c, 4, 2), dtype=torch.int32, device=qweight.device)
+    step = _row_blocks(k // 8, 8 * c, qweight.device)
+    for start in range(0, k // 8, step):
+        block = words[start : start + step]
+        t = torch.empty_like(block)
+        _transpose_nibbles(block, t)
+        out[start : start + step].copy_(t.view(-1, 2, 4, c).permute(0, 3, 2, 1))
+    return out.view(k // 8, 8 * c)
+
+
+def gptq_to_awq(qweight: torch.Tensor, bits: int) -> torch.Tensor:
+    """GPTQ ``[K/8, N]`` -> AWQ ``[K, N/8]``: the inverse word placement, the same transpose."""
+    kb, n = qweight.shape
+    c = n // 8
+    words = qweight.contiguous().view(kb, c, 4, 2)
+    if _compiling():
+        t = words.permute(0, 3, 2, 1).reshape(kb, 8, c)
+        return _transpose_nibbles_functional(t).view(kb * 8, c)
+    out = torch.empty((kb, 8, c), dtype=torch.int32, device=qweight.device)
+    step = _row_blocks(kb, 8 * c, qweight.device)
+    for start in range(0, kb, step):
+        block = out[start : start + step]
+        block.view(-1, 2, 4, c).copy_(words[start : start + step].permute(0, 3, 2, 1))
+        _transpose_nibbles(block, block)
+    return out.view(kb * 8, c)
+
+
+# --------------------------------------------------------------------------- zero points
+
+
+def add_block_constant(words: torch.Tensor, bits: int, constant: tuple[int, ...]) -> torch.Tensor:
+    """Add a packed constant to every block of words along the last axis, wrapping.
+
+    A block (one word, or three for 3 bits) is one little-endian integer: carries pass from
+    word to word inside a block, the carry out of the block is dropped. The loop runs over the
+    (at most three) words of a block.
+    """
+    blocks = (words.to(torch.int64) & _LOW32).unflatten(-1, (-1, words_per_block(bits)))
+    out, carry = [], 0
+    for i, value in enumerate(constant):
+        total = blocks[..., i] + value + carry
+        out.append(total & _LOW32)
+        carry = total >> 32
+    return _low32_to_int32(torch.stack(out, -1).flatten(-2))
+
+
+def unpack_zeros(qzeros: torch.Tensor, bits: int, packing: str, zero_offset: int) -> torch.Tensor:
+    if packing == "awq":
+        return unpack(qzeros, bits, 1, "awq")
+    if zero_offset:
+        qzeros = add_block_constant(qzeros, bits, v1_offset_block(bits, +1))
+    return unpack(qzeros, bits, 1, "sequential")
+
+
+def pack_zeros(zeros: torch.Tensor, bits: int, packing: str, zero_offset: int) -> torch.Tensor:
+    if packing == "awq":
+        return pack(zeros, bits, 1, "awq")
+    words = pack(zeros, bits, 1, "sequential")
+    if zero_offset:
+        words = add_block_constant(words, bits, v1_offset_block(bits, -1))
+    return words
+
+
+# --------------------------------------------------------------------------- dequantize
+
+
+def unpack_weight(qweight: torch.Tensor, bits: int, packing: str) -> torch.Tensor:
+    if packing == "awq":
+        return unpack(qweight, bits, 1, "awq")
+    return unpack(qweight, bits, 0, "sequential")
+
+
+def _compute_dtype(*dtypes: torch.dtype) -> torch.dtype:
+    return torch.float64 if torch.float64 in dtypes else torch.float32
+
+
+def _dequantize(qweight, scales, qzeros, g_idx, bits, group_size, packing, zero_offset, out_dtype):
+    """``(q - z) * s`` formed in float32 (float64 when scales or output are float64), where it is
+    exact for 16-bit scales, then rounded once to ``out_dtype``.
+
+    For float16 / bfloat16 scales every product ``q * s`` and ``z * s`` is exact in float32,
+    so ``q * s - z * s`` (one fused multiply-add) equals the golden's ``(q - z) * s``; float32
+    scales take the golden's own order of operations.
+    """
+    q = unpack_weight(qweight, bits, packing)
+    k, n = q.shape
+    compute = _compute_dtype(scales.dtype, out_dtype)
+    s = scales.to(compute)
+    if qzeros is None:
+        z = torch.full((1, n), float(1 << (bits - 1)), dtype=compute, device=q.device)
+    else:
+        z = unpack_zeros(qzeros, bits, packing, zero_offset).to(compute)
+    if g_idx is None:
+        groups = k // group_size
+        qf = q.view(groups, group_size, n).to(compute)
+        s, z = s.unsqueeze(1), z.unsqueeze(1) if z.shape[0] == groups else z
+    else:
+        index = g_idx.to(torch.int64)
+        qf = q.to(compute)
+        s = s.index_select(0, index)
+        z = z.index_select(0, index) if z.shape[0] > 1 else z
+    if scales.dtype in (torch.float16, torch.bfloat16):
+        w = torch.addcmul(-(z * s), qf, s)
+    else:
+        w = (qf - z) * s
+    return w.to(out_dtype).view(k, n)
+
+
+def dequantize(qweight, scales, qzeros, g_idx, bits, group_size, packing, zero_offset):
+    return _dequantize(qweight, scales, qzeros, g_idx, bits, group_size, packing, zero_offset, scales.dtype)
+
+
+# --------------------------------------------------------------------------- quantize
+
+
+def _round_scales(scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """float64 -> ``dtype``; 16-bit dtypes go through float32, as the golden specifies."""
+    if dtype.itemsize < 4:
+        return scale.to(torch.float32).to(dtype)
+    return scale.to(dtype)
+
+
+def quantize(w, bits, group_size, sym, packing, zero_offset):
+    """The golden's rule, step for step in float64 (see ``incq._golden.quantize``)."""
+    k, n = w.shape
+    g = k if group_size == -1 else group_size
+    maxq = (1 << bits) - 1
+    groups = w.to(torch.float64).view(k // g, g, n)
+    if sym:
+        hi, lo = groups.amax(1), groups.amin(1)
+        extreme = torch.where(hi > -lo, hi, lo)
+        scale = -extreme / (1 << (bits - 1))
+        scale = torch.where(scale == 0, 1.0, scale)
+        scales = _round_scales(scale, w.dtype)
+        zeros = torch.full(scale.shape, 1 << (bits - 1), dtype=torch.float64, device=w.device)
+    else:
+        lo = groups.amin(1).clamp(max=0.0)
+        hi = groups.amax(1).clamp(min=0.0)
+        scale = (hi - lo) / maxq
+        scale = torch.where(scale == 0, 1.0, scale)
+        scales = _round_scales(scale, w.dtype)
+        zmin = 1 if (zero_offset and packing == "gptq") else 0
+        zeros = torch.round(-lo / scales.to(torch.float64)).clamp(zmin, maxq)
+    s = scales.to(torch.float64)
+    q = (torch.round(groups / s.unsqueeze(1)) + zeros.unsqueeze(1)).clamp(0, maxq)
+    q = q.view(k, n).to(torch.uint8)
+    zeros = zeros.to(torch.uint8)
+    if packing == "awq":
+        qweight = pack(q, bits, 1, "awq")
+    else:
+        qweight = pack(q, bits, 0, "sequential")
+    qzeros = pack_zeros(zeros, bits, packing, zero_offset)
+    g_idx = torch.div(torch.arange(k, device=w.device), g, rounding_mode="floor").to(torch.int32)
+    return qweight, scales, qzeros, g_idx
+
+
+# --------------------------------------------------------------------------- matmul
+
+
+def w4a16_matmul(x, qweight, scales, qzeros, g_idx, bias, bits, group_size, packing, zero_offset):
+    """Dequantize to x's dtype (one rounding of the exact weight), then one GEMM in that dtype."""
+    w = _dequantize(qweight, scales, qzeros, g_idx, bits, group_size, packing, zero_offset, x.dtype)
+    y = torch.matmul(x, w)
+    if bias is not None:
+        y = y + bias.to(x.dtype)
+    return y
+
+
+# --------------------------------------------------------------------------- small helpers
+
+
+def count_equal(a: torch.Tensor, value: int) -> int:
+    return int((a == value).sum())
+
+
+def first_index_equal(a: torch.Tensor, value: int) -> tuple[int, ...]:
+    return tuple(int(i) for i in torch.argwhere(a == value)[0])
+
+
+def maximum(a: torch.Tensor, value: int) -> torch.Tensor:
+    return a.clamp(min=value)
