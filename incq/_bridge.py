@@ -33,8 +33,6 @@ def _map(result, convert):
 
 
 def _golden_call(name: str):
-    golden = getattr(_golden, name)
-
     def call(*args):
         torch = sys.modules["torch"]
         tensors = [a for a in args if isinstance(a, torch.Tensor)]
@@ -54,7 +52,7 @@ def _golden_call(name: str):
             return t.to(floating) if t.is_floating_point() else t
 
         extra = {"scale_dtype": "bfloat16"} if name == "quantize" and floating == torch.bfloat16 else {}
-        return _map(golden(*map(to_host, args), **extra), to_device)
+        return _map(getattr(_golden, name)(*map(to_host, args), **extra), to_device)
 
     call.__name__ = name
     return call

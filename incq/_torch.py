@@ -73,7 +73,16 @@ def _word_bytes(words: torch.Tensor, order: str) -> torch.Tensor:
 # --------------------------------------------------------------------------- pack / unpack
 
 
+def _resized(x: torch.Tensor, axis: int, length: int, dtype: torch.dtype) -> torch.Tensor:
+    """An empty result: ``x``'s shape with ``axis`` resized (zero-size inputs)."""
+    shape = list(x.shape)
+    shape[axis] = length
+    return torch.empty(shape, dtype=dtype, device=x.device)
+
+
 def pack(values: torch.Tensor, bits: int, axis: int, order: str) -> torch.Tensor:
+    if values.numel() == 0:
+        return _resized(values, axis, int(values.shape[axis] * bits // 32), torch.int32)
     codes = values if values.dtype == torch.uint8 else values.to(torch.uint8)
     if bits == 3:
         return _pack3_last(codes.movedim(axis, -1)).movedim(-1, axis).contiguous()
@@ -101,6 +110,8 @@ def _bytes_to_words(byte: torch.Tensor, shape: tuple[int, int, int]) -> torch.Te
 
 
 def unpack(packed: torch.Tensor, bits: int, axis: int, order: str) -> torch.Tensor:
+    if packed.numel() == 0:
+        return _resized(packed, axis, packed.shape[axis] * 32 // bits, torch.uint8)
     if bits == 3:
         return _unpack3_last(packed.movedim(axis, -1)).movedim(-1, axis).contiguous()
     per = 32 // bits

@@ -101,7 +101,8 @@ def check_group_size(fn: str, group_size: Any, k: int) -> int:
 # exist if the caller imported torch, so ``sys.modules`` tells whether one can be present.
 # Shape and dtype checks run everywhere. Checks of values (code range, group indices, finite
 # scales) read the data; they run eagerly on every backend and are skipped while
-# ``torch.compile`` traces a call, where reading a value would break the graph.
+# ``torch.compile`` traces a call, where reading a value would break the graph, and on meta
+# tensors, which have no values.
 
 
 def torch_module():
@@ -117,6 +118,15 @@ def is_torch(x: Any) -> bool:
 def compiling() -> bool:
     torch = torch_module()
     return torch is not None and torch.compiler.is_compiling()
+
+
+def has_values(x: Any) -> bool:
+    """Whether value checks can read ``x``: not while compiling, not on data-less meta tensors."""
+    if not size(x):
+        return False
+    if is_torch(x):
+        return x.device.type != "meta" and not compiling()
+    return True
 
 
 def dtype_kind(x: Any) -> str:
@@ -173,7 +183,7 @@ def check_integer(fn: str, name: str, x: Any, *, ndim: int | None = None) -> Any
 
 def check_codes(fn: str, name: str, x: Any, bits: int, *, ndim: int | None = None) -> Any:
     x = check_integer(fn, name, x, ndim=ndim)
-    if size(x) and not compiling():
+    if has_values(x):
         lo, hi = _min_max(x)
         if lo < 0 or hi >= 1 << bits:
             bad = lo if lo < 0 else hi
@@ -185,7 +195,7 @@ def check_float(fn: str, name: str, x: Any, *, ndim: int | tuple[int, ...] | Non
     x = check_array(fn, name, x, ndim=ndim)
     if dtype_kind(x) != "f":
         raise fail(fn, name, "must have a floating dtype", describe(x))
-    if size(x) and not compiling():
+    if has_values(x):
         xp = np if isinstance(x, np.ndarray) else torch_module()
         finite = xp.isfinite(x)
         if not bool(finite.all()):
@@ -240,7 +250,7 @@ def check_layer(fn, qweight, scales, qzeros, g_idx, bits, group_size, packing, z
     if g_idx is not None:
         g_idx = check_integer(fn, "g_idx", g_idx, ndim=1)
         check_shape(fn, "g_idx", g_idx, (k,), f"[K] for K = {k}")
-        lo, hi = (0, 0) if compiling() else _min_max(g_idx)
+        lo, hi = _min_max(g_idx) if has_values(g_idx) else (0, 0)
         if lo < 0 or hi >= groups:
             raise fail(fn, "g_idx", f"must hold group indices in [0, {groups - 1}]", f"value {lo if lo < 0 else hi}")
     return k, n, g, groups

@@ -55,3 +55,19 @@ def test_read_only_inputs_and_repeatable(name):
 def test_surface_is_covered():
     functions = {n for n in incq.__all__ if callable(getattr(incq, n)) and n[0].islower()}
     assert functions - {"config_kwargs"} == set(CALLS)
+
+
+@pytest.mark.parametrize("name", sorted(CALLS))
+def test_torch_inputs_unchanged_and_repeatable(name):
+    torch = pytest.importorskip("torch")
+    fn, args, kwargs = CALLS[name]()
+    tensors = [torch.from_numpy(np.array(a)) for a in args]
+    before = [t.clone() for t in tensors]
+    first, second = fn(*tensors, **kwargs), fn(*tensors, **kwargs)
+    first = first if isinstance(first, tuple) else (first,)
+    second = second if isinstance(second, tuple) else (second,)
+    for a, b in zip(first, second):
+        assert isinstance(a, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
+        assert all(a.data_ptr() != t.data_ptr() for t in tensors if t.numel()), "an input was returned as the result"
+    for t, snapshot in zip(tensors, before):
+        assert torch.equal(t, snapshot)

@@ -23,163 +23,163 @@ def test_incqerror_is_a_valueerror():
 
 
 @pytest.mark.parametrize("bits", [1, 5, 16, 0, -4, 4.0, "4", True, None])
-def test_unsupported_bits(bits):
+def test_unsupported_bits(lib, bits):
     with raises("pack", "bits"):
-        incq.pack(np.zeros(8, np.uint8), bits)
+        lib.pack(np.zeros(8, np.uint8), bits)
     with raises("unpack", "bits"):
-        incq.unpack(np.zeros(8, np.int32), bits)
+        lib.unpack(np.zeros(8, np.int32), bits)
     with raises("dequantize", "bits"):
-        incq.dequantize(Q4, S, bits=bits, group_size=32)
+        lib.dequantize(Q4, S, bits=bits, group_size=32)
 
 
-def test_pack_bad_values():
+def test_pack_bad_values(lib):
     with raises("pack", "values", "value 16"):
-        incq.pack(np.full(8, 16), 4)
+        lib.pack(np.full(8, 16), 4)
     with raises("pack", "values", "value -1"):
-        incq.pack(np.full(8, -1), 4)
+        lib.pack(np.full(8, -1), 4)
     with raises("pack", "values", "float32"):
-        incq.pack(np.zeros(8, np.float32), 4)
+        lib.pack(np.zeros(8, np.float32), 4)
     with raises("pack", "values", "bool"):
-        incq.pack(np.zeros(8, bool), 4)
+        lib.pack(np.zeros(8, bool), 4)
     with raises("pack", "values", "list"):
-        incq.pack([1, 2, 3, 4, 5, 6, 7, 8], 4)
+        lib.pack([1, 2, 3, 4, 5, 6, 7, 8], 4)
     with raises("pack", "values"):
-        incq.pack(np.array(3), 4)
+        lib.pack(np.array(3), 4)
     with raises("pack", "values", r"shape \(12,\)"):
-        incq.pack(np.zeros(12, np.uint8), 4)
+        lib.pack(np.zeros(12, np.uint8), 4)
     with raises("pack", "values", r"shape \(16,\)"):
-        incq.pack(np.zeros(16, np.uint8), 3)  # 3-bit needs multiples of 32
+        lib.pack(np.zeros(16, np.uint8), 3)  # 3-bit needs multiples of 32
     with raises("pack", "axis", "2"):
-        incq.pack(np.zeros((8, 8), np.uint8), 4, axis=2)
+        lib.pack(np.zeros((8, 8), np.uint8), 4, axis=2)
     with raises("pack", "order", "'gptq'"):
-        incq.pack(np.zeros(8, np.uint8), 4, order="gptq")
+        lib.pack(np.zeros(8, np.uint8), 4, order="gptq")
     with raises("pack", "bits", "8"):
-        incq.pack(np.zeros(8, np.uint8), 8, order="awq")
+        lib.pack(np.zeros(8, np.uint8), 8, order="awq")
 
 
-def test_unpack_bad_words():
+def test_unpack_bad_words(lib):
     with raises("unpack", "packed", "int64"):
-        incq.unpack(np.zeros(4, np.int64), 4)
+        lib.unpack(np.zeros(4, np.int64), 4)
     with raises("unpack", "packed", "uint32"):
-        incq.unpack(np.zeros(4, np.uint32), 4)
+        lib.unpack(np.zeros(4, np.uint32), 4)
     with raises("unpack", "packed", r"shape \(4,\)"):
-        incq.unpack(np.zeros(4, np.int32), 3)
+        lib.unpack(np.zeros(4, np.int32), 3)
     with raises("unpack", "bits", "2"):
-        incq.unpack(np.zeros(4, np.int32), 2, order="awq")
+        lib.unpack(np.zeros(4, np.int32), 2, order="awq")
 
 
-def test_conversion_bad_input():
+def test_conversion_bad_input(lib):
     with raises("awq_to_gptq", "bits", "3"):
-        incq.awq_to_gptq(AWQ, bits=3)
+        lib.awq_to_gptq(AWQ, bits=3)
     with raises("awq_to_gptq", "qweight", r"shape \(12, 2\)"):
-        incq.awq_to_gptq(np.zeros((12, 2), np.int32))
+        lib.awq_to_gptq(np.zeros((12, 2), np.int32))
     with raises("awq_to_gptq", "qweight", "float32"):
-        incq.awq_to_gptq(np.zeros((8, 2), np.float32))
+        lib.awq_to_gptq(np.zeros((8, 2), np.float32))
     with raises("awq_to_gptq", "qweight", "1-d|shape"):
-        incq.awq_to_gptq(np.zeros(8, np.int32))
+        lib.awq_to_gptq(np.zeros(8, np.int32))
     with raises("gptq_to_awq", "qweight", r"shape \(1, 12\)"):
-        incq.gptq_to_awq(np.zeros((1, 12), np.int32))
+        lib.gptq_to_awq(np.zeros((1, 12), np.int32))
     with raises("awq_zeros_to_gptq", "zero_offset", "2"):
-        incq.awq_zeros_to_gptq(np.zeros((1, 1), np.int32), zero_offset=2)
+        lib.awq_zeros_to_gptq(np.zeros((1, 1), np.int32), zero_offset=2)
     with raises("awq_zeros_to_gptq", "on_zero", "'wrap'"):
-        incq.awq_zeros_to_gptq(np.zeros((1, 1), np.int32), on_zero="wrap")
+        lib.awq_zeros_to_gptq(np.zeros((1, 1), np.int32), on_zero="wrap")
     with raises("gptq_zeros_to_awq", "qzeros", "int16"):
-        incq.gptq_zeros_to_awq(np.zeros((1, 1), np.int16))
+        lib.gptq_zeros_to_awq(np.zeros((1, 1), np.int16))
     with raises("pack_zeros", "zeros", "value 16"):
-        incq.pack_zeros(np.full((1, 8), 16), 4)
+        lib.pack_zeros(np.full((1, 8), 16), 4)
     with raises("pack_zeros", "zero_offset", "1"):
-        incq.pack_zeros(np.full((1, 8), 1), 4, packing="awq", zero_offset=1)
+        lib.pack_zeros(np.full((1, 8), 1), 4, packing="awq", zero_offset=1)
     with raises("unpack_zeros", "packing", "'marlin'"):
-        incq.unpack_zeros(np.zeros((1, 1), np.int32), packing="marlin")
+        lib.unpack_zeros(np.zeros((1, 1), np.int32), packing="marlin")
 
 
-def test_layer_inconsistencies():
+def test_layer_inconsistencies(lib):
     with raises("dequantize", "group_size", "48"):
-        incq.dequantize(Q4, S, bits=4, group_size=48)
+        lib.dequantize(Q4, S, bits=4, group_size=48)
     with raises("dequantize", "group_size", "0"):
-        incq.dequantize(Q4, S, bits=4, group_size=0)
+        lib.dequantize(Q4, S, bits=4, group_size=0)
     with raises("dequantize", "scales", r"shape \(2, 16\)"):
-        incq.dequantize(Q4, S, bits=4, group_size=16)
+        lib.dequantize(Q4, S, bits=4, group_size=16)
     with raises("dequantize", "scales", r"shape \(2, 8\)"):
-        incq.dequantize(Q4, S[:, :8], bits=4, group_size=32)
+        lib.dequantize(Q4, S[:, :8], bits=4, group_size=32)
     with raises("dequantize", "scales", "int32"):
-        incq.dequantize(Q4, S.astype(np.int32), bits=4, group_size=32)
+        lib.dequantize(Q4, S.astype(np.int32), bits=4, group_size=32)
     with raises("dequantize", "qzeros", r"shape \(2, 1\)"):
-        incq.dequantize(Q4, S, Z4[:, :1], bits=4, group_size=32)
+        lib.dequantize(Q4, S, Z4[:, :1], bits=4, group_size=32)
     with raises("dequantize", "qzeros", "float32"):
-        incq.dequantize(Q4, S, Z4.astype(np.float32), bits=4, group_size=32)
+        lib.dequantize(Q4, S, Z4.astype(np.float32), bits=4, group_size=32)
     with raises("dequantize", "qweight", r"shape \(0, 16\)"):
-        incq.dequantize(Q4[:0], S[:0], bits=4, group_size=32)
+        lib.dequantize(Q4[:0], S[:0], bits=4, group_size=32)
     with raises("dequantize", "qweight", r"shape \(8, 16\)"):
-        incq.dequantize(Q4, S, bits=3, group_size=32)  # 8 rows is not a whole number of 3-word blocks
+        lib.dequantize(Q4, S, bits=3, group_size=32)  # 8 rows is not a whole number of 3-word blocks
     with raises("dequantize", "qzeros", "N = 16"):
-        incq.dequantize(incq.pack(np.zeros((96, 16), np.uint8), 3), np.ones((3, 16), np.float16),
+        lib.dequantize(lib.pack(np.zeros((96, 16), np.uint8), 3), np.ones((3, 16), np.float16),
                         np.zeros((3, 1), np.int32), bits=3, group_size=32)
     with raises("dequantize", "packing", "'exllama'"):
-        incq.dequantize(Q4, S, bits=4, group_size=32, packing="exllama")
+        lib.dequantize(Q4, S, bits=4, group_size=32, packing="exllama")
     with raises("dequantize", "bits", "8"):
-        incq.dequantize(AWQ, S, bits=8, group_size=32, packing="awq")
+        lib.dequantize(AWQ, S, bits=8, group_size=32, packing="awq")
     with raises("dequantize", "zero_offset", "1"):
-        incq.dequantize(AWQ, S, bits=4, group_size=32, packing="awq", zero_offset=1)
+        lib.dequantize(AWQ, S, bits=4, group_size=32, packing="awq", zero_offset=1)
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
-def test_non_finite_scales(bad):
+def test_non_finite_scales(lib, bad):
     scales = S.copy()
     scales[1, 3] = bad
     with raises("dequantize", "scales", r"at index \(1, 3\)"):
-        incq.dequantize(Q4, scales, bits=4, group_size=32)
+        lib.dequantize(Q4, scales, bits=4, group_size=32)
     with raises("w4a16_matmul", "scales"):
-        incq.w4a16_matmul(np.ones((1, 64), np.float32), Q4, scales, bits=4, group_size=32)
+        lib.w4a16_matmul(np.ones((1, 64), np.float32), Q4, scales, bits=4, group_size=32)
 
 
-def test_g_idx_errors():
+def test_g_idx_errors(lib):
     good = (np.arange(64) // 32).astype(np.int32)
     with raises("dequantize", "g_idx", "value 2"):
-        incq.dequantize(Q4, S, g_idx=good + 1, bits=4, group_size=32)
+        lib.dequantize(Q4, S, g_idx=good + 1, bits=4, group_size=32)
     with raises("dequantize", "g_idx", "value -1"):
-        incq.dequantize(Q4, S, g_idx=good - 1, bits=4, group_size=32)
+        lib.dequantize(Q4, S, g_idx=good - 1, bits=4, group_size=32)
     with raises("dequantize", "g_idx", r"shape \(63,\)"):
-        incq.dequantize(Q4, S, g_idx=good[:63], bits=4, group_size=32)
+        lib.dequantize(Q4, S, g_idx=good[:63], bits=4, group_size=32)
     with raises("dequantize", "g_idx", "float64"):
-        incq.dequantize(Q4, S, g_idx=good.astype(np.float64), bits=4, group_size=32)
+        lib.dequantize(Q4, S, g_idx=good.astype(np.float64), bits=4, group_size=32)
 
 
-def test_matmul_errors():
+def test_matmul_errors(lib):
     with raises("w4a16_matmul", "x", r"shape \(2, 63\)"):
-        incq.w4a16_matmul(np.ones((2, 63), np.float32), Q4, S, bits=4, group_size=32)
+        lib.w4a16_matmul(np.ones((2, 63), np.float32), Q4, S, bits=4, group_size=32)
     with raises("w4a16_matmul", "x", "int64"):
-        incq.w4a16_matmul(np.ones((2, 64), np.int64), Q4, S, bits=4, group_size=32)
+        lib.w4a16_matmul(np.ones((2, 64), np.int64), Q4, S, bits=4, group_size=32)
     with raises("w4a16_matmul", "x", "nan"):
-        incq.w4a16_matmul(np.full((2, 64), np.nan, np.float32), Q4, S, bits=4, group_size=32)
+        lib.w4a16_matmul(np.full((2, 64), np.nan, np.float32), Q4, S, bits=4, group_size=32)
     with raises("w4a16_matmul", "bias", r"shape \(15,\)"):
-        incq.w4a16_matmul(np.ones((2, 64), np.float32), Q4, S, bias=np.ones(15, np.float32), bits=4, group_size=32)
+        lib.w4a16_matmul(np.ones((2, 64), np.float32), Q4, S, bias=np.ones(15, np.float32), bits=4, group_size=32)
     with raises("w4a16_matmul", "backend", "'cuda'"):
-        incq.w4a16_matmul(np.ones((2, 64), np.float32), Q4, S, bits=4, group_size=32, backend="cuda")
+        lib.w4a16_matmul(np.ones((2, 64), np.float32), Q4, S, bits=4, group_size=32, backend="cuda")
 
 
-def test_backend_environment_variable(monkeypatch):
+def test_backend_environment_variable(lib, monkeypatch):
     monkeypatch.setenv("INCQ_BACKEND", "nonesuch")
     with raises("pack", "INCQ_BACKEND", "'nonesuch'"):
-        incq.pack(np.zeros(8, np.uint8), 4)
+        lib.pack(np.zeros(8, np.uint8), 4)
     monkeypatch.setenv("INCQ_BACKEND", "numpy")
-    assert incq.pack(np.arange(8), 4).view(np.uint32)[0] == 0x76543210
+    assert lib.pack(np.arange(8), 4).view(np.uint32)[0] == 0x76543210
 
 
-def test_quantize_errors():
+def test_quantize_errors(lib):
     w = np.ones((64, 16), np.float32)
     with raises("quantize", "w", "int32"):
-        incq.quantize(w.astype(np.int32))
+        lib.quantize(w.astype(np.int32))
     with raises("quantize", "w", "nan"):
-        incq.quantize(np.full((64, 16), np.nan, np.float32), group_size=32)
+        lib.quantize(np.full((64, 16), np.nan, np.float32), group_size=32)
     with raises("quantize", "group_size", "128"):
-        incq.quantize(w, group_size=128)  # does not divide K = 64
+        lib.quantize(w, group_size=128)  # does not divide K = 64
     with raises("quantize", "sym", "1"):
-        incq.quantize(w, group_size=32, sym=1)
+        lib.quantize(w, group_size=32, sym=1)
     with raises("quantize", "w", r"shape \(64, 4\)"):
-        incq.quantize(w[:, :4], group_size=32, packing="awq")
+        lib.quantize(w[:, :4], group_size=32, packing="awq")
     with raises("quantize", "w", r"shape \(0, 16\)"):
-        incq.quantize(w[:0], group_size=32)
+        lib.quantize(w[:0], group_size=32)
 
 
 def test_validation_survives_python_O():
