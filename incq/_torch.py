@@ -28,7 +28,7 @@ import math
 
 import torch
 
-from ._layout import AWQ_REVERSE_ORDER, v1_offset_block, words_per_block
+from ._layout import AWQ_ORDER, AWQ_REVERSE_ORDER, v1_offset_block, values_per_block, words_per_block
 
 _LOW32 = 0xFFFFFFFF
 #: (distance in words, shift in bits, mask of the low part) of the three nibble exchanges
@@ -184,22 +184,25 @@ def _row_blocks(rows: int, words_per_row: int, device: torch.device) -> int:
     return max(1, min(rows, _CPU_BLOCK_WORDS // max(1, words_per_row)))
 
 
-def _transpose_nibbles(src: torch.Tensor, dst: torch.Tensor) -> None:
+def _transpose_nibbles(src: torch.Tensor, dst: torch.Tensor, scratch: torch.Tensor) -> None:
     """``dst[:, i]`` nibble ``j`` = ``src[:, j]`` nibble ``i`` for ``[B, 8, C]`` words.
 
-    ``dst`` may be ``src`` (in place); ``src`` is only read when it is not ``dst``.
+    ``dst`` may be ``src`` (in place); ``src`` is only read when it is not ``dst``. ``scratch``
+    holds at least ``B * 4 * C`` words, reused by every exchange.
     """
     b, _, c = src.shape
+    t = scratch[: b * 4 * c]
     for distance, shift, mask in _EXCHANGES:
         s = src.view(b, 8 // (2 * distance), 2, distance, c)
         d = dst.view(b, 8 // (2 * distance), 2, distance, c)
         low, high = s.select(2, 0), s.select(2, 1)
-        t = low >> shift
-        t ^= high
-        t &= mask
-        torch.bitwise_xor(high, t, out=d.select(2, 1))
-        t <<= shift
-        torch.bitwise_xor(low, t, out=d.select(2, 0))
+        tv = t.view(low.shape)
+        torch.bitwise_right_shift(low, shift, out=tv)
+        tv ^= high
+        tv &= mask
+        torch.bitwise_xor(high, tv, out=d.select(2, 1))
+        tv <<= shift
+        torch.bitwise_xor(low, tv, out=d.select(2, 0))
         src = dst
 
 
@@ -225,13 +228,17 @@ def awq_to_gptq(qweight: torch.Tensor, bits: int) -> torch.Tensor:
     if _compiling():
         t = _transpose_nibbles_functional(words)
         return t.view(k // 8, 2, 4, c).permute(0, 3, 2, 1).reshape(k // 8, 8 * c)
-    out = torch.empty((k // 8, c, 4, 2), dtype=torch.int32, device=qweight.device)
+    out = torch.empty((k // 8, c, 8), dtype=torch.int32, device=qweight.device)
     step = _row_blocks(k // 8, 8 * c, qweight.device)
+    transposed = torch.empty((step, 8, c), dtype=torch.int32, device=qweight.device)
+    scratch = torch.empty(step * 4 * c, dtype=torch.int32, device=qweight.device)
     for start in range(0, k // 8, step):
         block = words[start : start + step]
-        t = torch.empty_like(block)
-        _transpose_nibbles(block, t)
-        out[start : start + step].copy_(t.view(-1, 2, 4, c).permute(0, 3, 2, 1))
+        t = transposed[: block.shape[0]]
+        _transpose_nibbles(block, t, scratch)
+        # column m of the GPTQ block is transposed word AWQ_REVERSE_ORDER[m]; eight strided
+        # copies run faster than one permuted copy with an inner loop of 8
+        torch.stack([t[:, i] for i in AWQ_REVERSE_ORDER], dim=-1, out=out[start : start + step])
     return out.view(k // 8, 8 * c)
 
 
@@ -245,10 +252,13 @@ def gptq_to_awq(qweight: torch.Tensor, bits: int) -> torch.Tensor:
         return _transpose_nibbles_functional(t).view(kb * 8, c)
     out = torch.empty((kb, 8, c), dtype=torch.int32, device=qweight.device)
     step = _row_blocks(kb, 8 * c, qweight.device)
+    scratch = torch.empty(step * 4 * c, dtype=torch.int32, device=qweight.device)
     for start in range(0, kb, step):
         block = out[start : start + step]
-        block.view(-1, 2, 4, c).copy_(words[start : start + step].permute(0, 3, 2, 1))
-        _transpose_nibbles(block, block)
+        columns = words[start : start + step].view(-1, c, 8)
+        for i, column in enumerate(AWQ_ORDER):  # transposed word i is GPTQ column AWQ_ORDER[i]
+            block[:, i].copy_(columns[:, :, column])
+        _transpose_nibbles(block, block, scratch)
     return out.view(kb * 8, c)
 
 
@@ -301,36 +311,69 @@ def _compute_dtype(*dtypes: torch.dtype) -> torch.dtype:
     return torch.float64 if torch.float64 in dtypes else torch.float32
 
 
-def _dequantize(qweight, scales, qzeros, g_idx, bits, group_size, packing, zero_offset, out_dtype):
-    """``(q - z) * s`` formed in float32 (float64 when scales or output are float64), where it is
-    exact for 16-bit scales, then rounded once to ``out_dtype``.
-
-    For float16 / bfloat16 scales every product ``q * s`` and ``z * s`` is exact in float32,
-    so ``q * s - z * s`` (one fused multiply-add) equals the golden's ``(q - z) * s``; float32
-    scales take the golden's own order of operations.
-    """
-    q = unpack_weight(qweight, bits, packing)
-    k, n = q.shape
-    compute = _compute_dtype(scales.dtype, out_dtype)
-    s = scales.to(compute)
+def _zero_points(qzeros, scales, bits, packing, zero_offset, dtype) -> torch.Tensor:
+    """Zero points ``[G, N]`` in ``dtype`` (``2**(bits-1)`` everywhere when none are stored)."""
     if qzeros is None:
-        z = torch.full((1, n), float(1 << (bits - 1)), dtype=compute, device=q.device)
-    else:
-        z = unpack_zeros(qzeros, bits, packing, zero_offset).to(compute)
-    if g_idx is None:
-        groups = k // group_size
-        qf = q.view(groups, group_size, n).to(compute)
-        s, z = s.unsqueeze(1), z.unsqueeze(1) if z.shape[0] == groups else z
-    else:
-        index = g_idx.to(torch.int64)
-        qf = q.to(compute)
-        s = s.index_select(0, index)
-        z = z.index_select(0, index) if z.shape[0] > 1 else z
-    if scales.dtype in (torch.float16, torch.bfloat16):
-        w = torch.addcmul(-(z * s), qf, s)
-    else:
-        w = (qf - z) * s
-    return w.to(out_dtype).view(k, n)
+        return torch.full(scales.shape, float(1 << (bits - 1)), dtype=dtype, device=scales.device)
+    return unpack_zeros(qzeros, bits, packing, zero_offset).to(dtype)
+
+
+def _dequantize(qweight, scales, qzeros, g_idx, bits, group_size, packing, zero_offset, out_dtype):
+    """``(q - z) * s`` with the golden's single rounding, into ``out_dtype``.
+
+    ``q - z`` is an integer of at most 9 bits, exact in every float dtype, and its product with
+    a 16-bit scale is exact in float32; so when the output has the scales' dtype, arithmetic in
+    that dtype (which torch carries out in float32 and rounds once) gives the golden's bits.
+    Otherwise the product is formed in float32 (float64 when either side is float64) and
+    rounded once to ``out_dtype``.
+
+    Eagerly, on the CPU, the rows are processed in blocks of whole groups so that the
+    temporaries stay in the cache; under ``torch.compile`` one functional expression is traced.
+    """
+    same = out_dtype == scales.dtype
+    compute = out_dtype if same else (torch.float64 if torch.float64 in (scales.dtype, out_dtype) else torch.float32)
+    s = scales.to(compute)
+    z = _zero_points(qzeros, scales, bits, packing, zero_offset, compute)
+    if _compiling():
+        q = unpack_weight(qweight, bits, packing)
+        rows = g_idx.to(torch.int64) if g_idx is not None else torch.arange(q.shape[0], device=q.device) // group_size
+        return ((q.to(compute) - z[rows]) * s[rows]).to(out_dtype)
+    k = qweight.shape[0] if packing == "awq" else qweight.shape[0] * values_per_block(bits) // words_per_block(bits)
+    n = scales.shape[1]
+    out = torch.empty((k, n), dtype=out_dtype, device=qweight.device)
+    step = _dequantize_rows(k, n, group_size, bits, packing, qweight.device)
+    for r0 in range(0, k, step):
+        r1 = min(k, r0 + step)
+        block = out[r0:r1]
+        if packing == "awq":
+            q = unpack(qweight[r0:r1], bits, 1, "awq")
+        else:
+            per, words = values_per_block(bits), words_per_block(bits)
+            q = unpack(qweight[r0 * words // per : r1 * words // per], bits, 0, "sequential")
+        w = block if same else torch.empty(block.shape, dtype=compute, device=block.device)
+        w.copy_(q)
+        if g_idx is not None:
+            rows = g_idx[r0:r1].to(torch.int64)
+            w.sub_(z.index_select(0, rows)).mul_(s.index_select(0, rows))
+        elif r1 - r0 <= group_size:  # inside one group
+            w.sub_(z[r0 // group_size]).mul_(s[r0 // group_size])
+        else:  # whole groups
+            g0, g1 = r0 // group_size, r1 // group_size
+            grouped = w.view(g1 - g0, group_size, n)
+            grouped.sub_(z[g0:g1].unsqueeze(1)).mul_(s[g0:g1].unsqueeze(1))
+        if not same:
+            block.copy_(w)
+    return out
+
+
+def _dequantize_rows(k: int, n: int, group_size: int, bits: int, packing: str, device: torch.device) -> int:
+    """Rows per block: whole groups (or a whole packing block), about 1 MiB of output on the CPU."""
+    per = 1 if packing == "awq" else values_per_block(bits)
+    unit = math.lcm(group_size, per) if group_size < k else k
+    if device.type != "cpu":
+        return k
+    target = max(1, (1 << 19) // max(1, n))
+    return unit * max(1, target // unit) if unit < k else k
 
 
 def dequantize(qweight, scales, qzeros, g_idx, bits, group_size, packing, zero_offset):
