@@ -31,13 +31,19 @@ import incq
 
 AWQ_REVERSE = (0, 4, 1, 5, 2, 6, 3, 7)
 _FLUSH = None
+DEVICE = torch.device("cpu")
 
 
 def flush() -> None:
     global _FLUSH
     if _FLUSH is None:
-        _FLUSH = torch.empty(64 << 20, dtype=torch.uint8)
+        _FLUSH = torch.empty(64 << 20 if DEVICE.type == "cpu" else 1 << 30, dtype=torch.uint8, device=DEVICE)
     _FLUSH.add_(1)
+
+
+def sync() -> None:
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
 
 
 def paired(fn, baseline, reps: int, cold: bool) -> tuple[float, float]:
@@ -48,8 +54,10 @@ def paired(fn, baseline, reps: int, cold: bool) -> tuple[float, float]:
         for f, out in ((fn, times), (baseline, base)):
             if cold:
                 flush()
+            sync()
             t0 = time.perf_counter()
             f()
+            sync()
             out.append(time.perf_counter() - t0)
     return statistics.median(times), statistics.median(base)
 
@@ -59,29 +67,29 @@ def paired(fn, baseline, reps: int, cold: bool) -> tuple[float, float]:
 
 def seed_awq_to_gptq(qw):
     """vLLM's _convert_awq_qweight_to_gptq (the seed page), verbatim in substance."""
-    shifts = torch.arange(0, 32, 4, dtype=torch.int32)
+    shifts = torch.arange(0, 32, 4, dtype=torch.int32, device=DEVICE)
     k, n_packed = qw.shape
     unpacked = (qw.unsqueeze(-1) >> shifts) & 0xF
-    unpacked = unpacked[:, :, torch.tensor(AWQ_REVERSE)].reshape(k // 8, 8, n_packed * 8)
+    unpacked = unpacked[:, :, torch.tensor(AWQ_REVERSE, device=DEVICE)].reshape(k // 8, 8, n_packed * 8)
     return (unpacked.to(torch.int32) << shifts[None, :, None]).sum(dim=1, dtype=torch.int32)
 
 
 def seed_gptq_to_awq(qw):
-    shifts = torch.arange(0, 32, 4, dtype=torch.int32)
+    shifts = torch.arange(0, 32, 4, dtype=torch.int32, device=DEVICE)
     kb, n = qw.shape
     unpacked = ((qw.unsqueeze(1) >> shifts[None, :, None]) & 0xF).reshape(kb * 8, n // 8, 8)
-    unpacked = unpacked[:, :, torch.tensor((0, 2, 4, 6, 1, 3, 5, 7))]
+    unpacked = unpacked[:, :, torch.tensor((0, 2, 4, 6, 1, 3, 5, 7), device=DEVICE)]
     return (unpacked.to(torch.int32) << shifts).sum(dim=-1, dtype=torch.int32)
 
 
 def seed_pack(codes):
-    shifts = torch.arange(0, 32, 4, dtype=torch.int32)
+    shifts = torch.arange(0, 32, 4, dtype=torch.int32, device=DEVICE)
     k, n = codes.shape
     return (codes.view(k // 8, 8, n).to(torch.int32) << shifts[None, :, None]).sum(dim=1, dtype=torch.int32)
 
 
 def seed_unpack(qw):
-    shifts = torch.arange(0, 32, 4, dtype=torch.int32)
+    shifts = torch.arange(0, 32, 4, dtype=torch.int32, device=DEVICE)
     kb, n = qw.shape
     return ((qw.unsqueeze(1) >> shifts[None, :, None]) & 0xF).to(torch.uint8).reshape(kb * 8, n)
 
@@ -94,9 +102,9 @@ def rows_for(k: int, n: int, reps: int, cold: bool):
     codes_np = rng.integers(0, 16, (k, n), dtype=np.uint8)
     gptq_np = incq.pack(codes_np, 4)
     awq_np = incq.gptq_to_awq(gptq_np)
-    codes, gptq, awq = (torch.from_numpy(a) for a in (codes_np, gptq_np, awq_np))
+    codes, gptq, awq = (torch.from_numpy(a).to(DEVICE) for a in (codes_np, gptq_np, awq_np))
     groups = k // 128
-    zeros = incq.pack_zeros(torch.from_numpy(rng.integers(1, 16, (groups, n), dtype=np.uint8)), 4)
+    zeros = incq.pack_zeros(torch.from_numpy(rng.integers(1, 16, (groups, n), dtype=np.uint8)).to(DEVICE), 4)
     slow = max(3, reps // 3)
 
     layout = [
@@ -108,20 +116,20 @@ def rows_for(k: int, n: int, reps: int, cold: bool):
     for name, tensor, array, fn, seed, larger in layout:
         t_incq, t_copy = paired(lambda: fn(tensor), larger.clone, reps, cold)
         t_seed, _ = paired(lambda: seed(tensor), larger.clone, slow, cold)
-        t_gold, t_npcopy = paired(lambda: fn(array), larger.numpy().copy, slow, cold)
+        t_gold, t_npcopy = paired(lambda: fn(array), larger.cpu().numpy().copy, slow, cold)
         out_bytes = fn(tensor).numel() * fn(tensor).element_size()
         yield name, t_incq, t_copy, t_seed, t_gold, t_npcopy, out_bytes, "clone"
 
     for dtype in (torch.bfloat16, torch.float16):
-        scales = torch.from_numpy(rng.uniform(1e-3, 1e-2, (groups, n)).astype(np.float32)).to(dtype)
+        scales = torch.from_numpy(rng.uniform(1e-3, 1e-2, (groups, n)).astype(np.float32)).to(DEVICE, dtype)
         out_bytes = k * n * scales.element_size()
 
         def write_once(dtype=dtype):
-            return torch.empty((k, n), dtype=dtype).fill_(1)
+            return torch.empty((k, n), dtype=dtype, device=DEVICE).fill_(1)
 
         t_incq, t_write = paired(lambda: incq.dequantize(gptq, scales, zeros, group_size=128), write_once, reps, cold)
         if dtype == torch.float16:
-            args = (gptq_np, scales.numpy(), zeros.numpy())
+            args = (gptq_np, scales.cpu().numpy(), zeros.cpu().numpy())
             t_gold, _ = paired(lambda: incq.dequantize(*args, group_size=128), write_once, slow, cold)
         else:
             t_gold = float("nan")  # NumPy has no bfloat16
@@ -133,14 +141,17 @@ def main(argv=None) -> None:
     parser.add_argument("--shapes", default="4096x11008,11008x4096", help="comma-separated KxN (int4 weights)")
     parser.add_argument("--reps", type=int, default=15)
     parser.add_argument("--state", choices=["warm", "cold", "both"], default="both")
+    parser.add_argument("--device", default="cpu", help="torch device of the incq and seed runs (golden: host)")
     args = parser.parse_args(argv)
+    global DEVICE
+    DEVICE = torch.device(args.device)
     print(f"incq {incq.__version__}, torch {torch.__version__}, numpy {np.__version__}, "
           f"{torch.get_num_threads()} threads, {platform.processor() or platform.machine()}")
     states = ["warm", "cold"] if args.state == "both" else [args.state]
     for shape in args.shapes.split(","):
         k, n = (int(v) for v in shape.lower().split("x"))
         for state in states:
-            print(f"\nK x N = {k} x {n}, int4, group 128, {state} cache, medians of {args.reps}")
+            print(f"\nK x N = {k} x {n}, int4, group 128, {DEVICE.type}, {state} cache, medians of {args.reps}")
             head = (f"{'operation':<20}{'incq ms':>9}{'baseline':>11}{'ms':>7}{'x base':>8}{'seed ms':>9}"
                     f"{'seed/incq':>10}{'golden ms':>10}{'golden/np copy':>15}{'GB/s':>7}")
             print(head)
