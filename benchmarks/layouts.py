@@ -97,7 +97,7 @@ def seed_unpack(qw):
 # --------------------------------------------------------------------------- table
 
 
-def rows_for(k: int, n: int, reps: int, cold: bool):
+def rows_for(k: int, n: int, reps: int, cold: bool, compiled: bool = False):
     rng = np.random.default_rng(0)
     codes_np = rng.integers(0, 16, (k, n), dtype=np.uint8)
     gptq_np = incq.pack(codes_np, 4)
@@ -134,6 +134,11 @@ def rows_for(k: int, n: int, reps: int, cold: bool):
         else:
             t_gold = float("nan")  # NumPy has no bfloat16
         yield f"dequantize {str(dtype)[6:]}", t_incq, t_write, float("nan"), t_gold, float("nan"), out_bytes, "write once"
+        if compiled:
+            fused = torch.compile(lambda q, s, z: incq.dequantize(q, s, z, group_size=128), fullgraph=True)
+            t_fused, t_write = paired(lambda: fused(gptq, scales, zeros), write_once, reps, cold)
+            nan = float("nan")
+            yield f"  torch.compile {str(dtype)[6:]}", t_fused, t_write, nan, nan, nan, out_bytes, "write once"
 
 
 def main(argv=None) -> None:
@@ -142,6 +147,7 @@ def main(argv=None) -> None:
     parser.add_argument("--reps", type=int, default=15)
     parser.add_argument("--state", choices=["warm", "cold", "both"], default="both")
     parser.add_argument("--device", default="cpu", help="torch device of the incq and seed runs (golden: host)")
+    parser.add_argument("--compiled", action="store_true", help="add dequantize under torch.compile(fullgraph=True)")
     args = parser.parse_args(argv)
     global DEVICE
     DEVICE = torch.device(args.device)
@@ -156,7 +162,7 @@ def main(argv=None) -> None:
                     f"{'seed/incq':>10}{'golden ms':>10}{'golden/np copy':>15}{'GB/s':>7}")
             print(head)
             print("-" * len(head))
-            for name, t, base, seed, gold, npcopy, out_bytes, base_name in rows_for(k, n, args.reps, state == "cold"):
+            for name, t, base, seed, gold, npcopy, out_bytes, base_name in rows_for(k, n, args.reps, state == "cold", args.compiled):
                 seed_txt = f"{seed * 1e3:9.1f}{seed / t:10.0f}" if seed == seed else f"{'-':>9}{'-':>10}"
                 gold_txt = f"{gold * 1e3:10.1f}" if gold == gold else f"{'-':>10}"
                 npc_txt = f"{gold / npcopy:15.0f}" if npcopy == npcopy else f"{'-':>15}"
