@@ -2,12 +2,14 @@
 
 Quantizes a random layer in every checkpoint layout incq reads, converts AWQ to GPTQ (raw and
 v1 zeros), and checks that every route dequantizes to the same bits and within the documented
-rounding error.
+rounding error. When torch is installed, every route also runs on the torch backend (and on
+CUDA when a GPU is present), which must give the golden's bits.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 import time
 
@@ -23,6 +25,28 @@ def _timed(fn, *args, **kwargs):
     return out, (time.perf_counter() - start) * 1e3
 
 
+def _torch_devices() -> list[str]:
+    if importlib.util.find_spec("torch") is None:
+        return []
+    import torch
+
+    return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def _same_on_torch(w, sym, kwargs, layer, deq, device) -> tuple[bool, float]:
+    """quantize + dequantize on the torch backend: the golden's bits, and the time it took."""
+    import torch
+
+    def run():
+        tensors = incq.quantize(torch.from_numpy(w).to(device), sym=sym, **kwargs)
+        return tensors, incq.dequantize(*tensors, **kwargs)
+
+    run()  # the first call on a device pays for its start-up
+    (tensors, w_torch), ms = _timed(run)
+    same = all(np.array_equal(t.cpu().numpy(), a) for t, a in zip(tensors, layer))
+    return same and np.array_equal(w_torch.cpu().numpy(), deq), ms
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m incq", description=__doc__.splitlines()[0])
     parser.add_argument("--k", type=int, default=2048, help="input features (default 2048)")
@@ -33,8 +57,10 @@ def main(argv: list[str] | None = None) -> int:
     rng = np.random.default_rng(0)
     w = (rng.standard_normal((args.k, args.n)) * 0.02).astype(np.float16)
     g = args.group_size
-    print(f"incq {incq.__version__}: layer K={args.k} N={args.n} group_size={g}, NumPy golden backend")
-    print(f"{'route':<44}{'ms':>9}  max |w - W| / |s|")
+    devices = _torch_devices()
+    print(f"incq {incq.__version__}: layer K={args.k} N={args.n} group_size={g}, NumPy golden backend"
+          + (f", checked against torch on {', '.join(devices)}" if devices else ", torch not installed"))
+    print(f"{'route':<44}{'ms':>9}  max |w - W| / |s|" + "".join(f"{'torch ' + d + ' ms':>16}" for d in devices))
     ok = True
     routes = []
     for bits in (2, 3, 4, 8):
@@ -54,7 +80,12 @@ def main(argv: list[str] | None = None) -> int:
         bound = (1.0 if sym else 0.5) + (1 << bits) * eps + eps
         ok &= err <= bound
         name = f"{bits}-bit {'sym' if sym else 'asym'} {packing} zero_offset={zero_offset}"
-        print(f"{name:<44}{ms_q + ms_d:>9.1f}  {err:>10.3f} <= {bound:.3f}")
+        line = f"{name:<44}{ms_q + ms_d:>9.1f}  {err:>10.3f} <= {bound:.3f}"
+        for device in devices:
+            same, ms = _same_on_torch(w, sym, kwargs, layer, deq, device)
+            ok &= same
+            line += f"{ms:>16.1f}" if same else f"{'DIFFERENT BITS':>16}"
+        print(line)
         if packing != "awq":
             continue
         for target in (0, 1):
