@@ -10,6 +10,8 @@ from ._api import (
     dequantize,
     gptq_to_awq,
     gptq_zeros_to_awq,
+    make_cpu_layout,
+    make_xpu_layout,
     pack,
     pack_zeros,
     quantize,
@@ -20,20 +22,26 @@ from ._api import (
 from ._config import config_kwargs
 from ._errors import IncqError, IncqWarning
 from ._layout import AWQ_ORDER, AWQ_REVERSE_ORDER
+from ._layouts import CpuLayout, TorchLayout, XpuLayout
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AWQ_ORDER",
     "AWQ_REVERSE_ORDER",
+    "CpuLayout",
     "IncqError",
     "IncqWarning",
+    "TorchLayout",
+    "XpuLayout",
     "awq_to_gptq",
     "awq_zeros_to_gptq",
     "config_kwargs",
     "dequantize",
     "gptq_to_awq",
     "gptq_zeros_to_awq",
+    "make_cpu_layout",
+    "make_xpu_layout",
     "pack",
     "pack_zeros",
     "quantize",

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import warnings
 
-from . import _dispatch
+from . import _dispatch, _layouts
 from . import _validate as v
 from ._errors import IncqWarning
 from ._layout import values_per_block, words_per_block
+from ._layouts import make_cpu_layout, make_xpu_layout
 
 
 def pack(values, bits, *, axis=0, order="sequential", backend=None):
@@ -284,14 +285,32 @@ def quantize(w, *, bits=4, group_size=128, sym=True, packing="gptq", zero_offset
     return _dispatch.backend_for(fn, {"w": w}, backend).quantize(w, bits, g, sym, packing, zero_offset)
 
 
-def w4a16_matmul(x, qweight, scales, qzeros=None, g_idx=None, bias=None, *, bits=4, group_size=128,
+def w4a16_matmul(x, qweight, scales=None, qzeros=None, g_idx=None, bias=None, *, bits=4, group_size=128,
                  packing="gptq", zero_offset=0, backend=None):
     """``x @ dequantize(...) + bias`` for ``x [..., K]``; returns ``[..., N]`` in x's dtype.
 
-    The layer arguments are those of :func:`dequantize`. The golden product dequantizes exactly
-    in float64, accumulates in float64 and rounds once to x's dtype; fast backends are held to
-    it within the per-dtype tolerance of ``specs/matmul.md``.
+    Two forms:
+
+    * ``w4a16_matmul(x, qweight, scales, qzeros, g_idx, bias, bits=..., ...)``: the layer
+      arguments of :func:`dequantize`, on any backend. The golden product dequantizes exactly in
+      float64, accumulates in float64 and rounds once to x's dtype; the torch backend
+      dequantizes to x's dtype and runs one GEMM.
+    * ``w4a16_matmul(x, layout, bias=None)`` with a layout from :func:`make_xpu_layout` or
+      :func:`make_cpu_layout` (torch tensors): the fastest correct kernel for the tensors'
+      device, x's rows and dtype (``specs/kernels.md``); the layer keywords are not used.
+
+    Fast paths are held to the per-dtype tolerance of ``specs/matmul.md``.
     """
+    if isinstance(qweight, _layouts.LAYOUTS):
+        fn = "w4a16_matmul"
+        if scales is not None and bias is not None:
+            raise v.fail(fn, "bias", "is given twice (with a layout the third argument is the bias)", "two biases")
+        for name, value in (("qzeros", qzeros), ("g_idx", g_idx)):
+            if value is not None:
+                raise v.fail(fn, name, "must not be given with a prepared layout", v.describe(value))
+        if backend not in (None, "torch"):
+            raise v.fail(fn, "backend", "must be None or 'torch' with a prepared layout", repr(backend))
+        return _layouts.matmul_with_layout(fn, x, qweight, bias if bias is not None else scales)
     fn = "w4a16_matmul"
     k, n, g, _ = v.check_layer(fn, qweight, scales, qzeros, g_idx, bits, group_size, packing, zero_offset)
     x = v.check_float(fn, "x", x)
@@ -318,4 +337,6 @@ __all__ = [
     "dequantize",
     "quantize",
     "w4a16_matmul",
+    "make_xpu_layout",
+    "make_cpu_layout",
 ]

@@ -23,7 +23,7 @@ from ._validate import describe, fail, is_torch
 BACKENDS = ("numpy", "torch")
 
 
-def _native(fn: str, arrays: dict[str, Any]) -> tuple[str, Any]:
+def native(fn: str, arrays: dict[str, Any]) -> tuple[str, Any]:
     """The inputs' own namespace ("numpy" or "torch") and, for torch, their common device."""
     kinds = {name: ("torch" if is_torch(a) else "numpy") for name, a in arrays.items() if a is not None}
     if len(set(kinds.values())) > 1:
@@ -55,16 +55,16 @@ def backend_for(fn: str, arrays: dict[str, Any], backend: str | None = None):
 
     ``arrays`` maps argument names to the call's arrays; ``None`` entries are ignored.
     """
-    native, _ = _native(fn, arrays)
+    native_name, _ = native(fn, arrays)
     name, source = backend, "backend"
     if name is None:
         name, source = os.environ.get("INCQ_BACKEND") or None, "INCQ_BACKEND"
     if name is None:
-        name = native
+        name = native_name
     if name not in BACKENDS:
         raise fail(fn, source, f"must name one of {', '.join(repr(b) for b in BACKENDS)}", repr(name))
     module = _load(fn, name, source)
-    if name == native:
+    if name == native_name:
         return module
     from . import _bridge
 

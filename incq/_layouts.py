@@ -1,0 +1,164 @@
+"""Prepared layouts for the int4 kernels: made once at load time, reused on every matmul.
+
+A layout is a NamedTuple of tensors plus the few numbers the kernel needs; nothing here imports
+torch (the builders load ``incq._kernels`` when called). ``specs/kernels.md`` specifies each
+field and the kernels' contracts.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, NamedTuple, Optional
+
+from . import _validate as v
+from ._errors import IncqWarning
+
+
+class XpuLayout(NamedTuple):
+    """Operands of vllm-xpu-kernels' ``torch.ops._xpu_C.int4_gemm_w4a16`` and of upstream
+    PyTorch's ``aten._weight_int4pack_mm_with_scales_and_zeros`` (XPU).
+
+    ``qweight``, ``scales``, ``qzeros`` and ``g_idx`` are exactly the vLLM op's ``B``,
+    ``B_scale``, ``B_zp`` and ``g_idx``; ``qweight.t()`` (``[N, K/8]``, contiguous),
+    ``scales`` and ``zeros_int8`` are the aten op's ``mat2``, ``qScale`` and ``qZeros``.
+    """
+
+    #: B: int32, logical ``[K/8, N]``, GPTQ sequential nibbles, "NT": ``stride(-2) == 1``
+    qweight: Any
+    #: B_scale: ``[G, N]``, contiguous, the checkpoint's scale dtype
+    scales: Any
+    #: B_zp: int8 ``[1]`` holding 8 (symmetric), or int32 ``[G, N/8]``: raw zero points packed
+    #: sequentially along N (asymmetric)
+    qzeros: Any
+    #: g_idx: int64 permutation of ``range(K)`` (rows sorted by group; the op gathers
+    #: ``A[..., g_idx]``), or None without act-order
+    g_idx: Optional[Any]
+    #: qZeros of the aten op: int8 ``[G, N]`` raw zero points
+    zeros_int8: Any
+    group_size: int
+
+
+class CpuLayout(NamedTuple):
+    """Operands of PyTorch's CPU int4 kernel ``aten._weight_int4pack_mm_for_cpu``, and the
+    GPTQ words the dequantizing paths read (``w4a16_matmul`` picks the path by M and dtype).
+    """
+
+    #: uint8 ``[N, K/2]`` from ``aten._convert_weight_to_int4pack_for_cpu`` (layout ISA-dependent)
+    weight: Any
+    #: bfloat16 ``[G, N, 2]``: ``(s, (8 - z) * s)``, the kernel computing ``(q - 8) * s + zero``
+    scales_and_zeros: Any
+    #: GPTQ int32 ``[K/8, N]``, raw, rows in the kernel's order (sorted by group)
+    qweight: Any
+    #: ``[G, N]``, the checkpoint's scale dtype
+    scales: Any
+    #: raw GPTQ zero words ``[G, N/8]``, or None (symmetric: z = 8)
+    qzeros: Optional[Any]
+    #: int64 permutation gathering x's columns (act-order), or None
+    perm: Optional[Any]
+    group_size: int
+
+
+class TorchLayout(NamedTuple):
+    """A layer that does not fit a kernel's constraints, kept for the generic torch path
+    (dequantize, then one GEMM); ``reason`` says which constraint failed."""
+
+    qweight: Any
+    scales: Any
+    qzeros: Optional[Any]
+    g_idx: Optional[Any]
+    bits: int
+    group_size: int
+    packing: str
+    zero_offset: int
+    reason: str
+
+
+LAYOUTS = (XpuLayout, CpuLayout, TorchLayout)
+
+
+def _prepare(fn, qweight, scales, qzeros, g_idx, bits, group_size, packing, zero_offset):
+    k, n, g, groups = v.check_layer(fn, qweight, scales, qzeros, g_idx, bits, group_size, packing, zero_offset)
+    for name, a in (("qweight", qweight), ("scales", scales), ("qzeros", qzeros), ("g_idx", g_idx)):
+        if a is not None and not v.is_torch(a):
+            raise v.fail(fn, name, "must be a torch tensor (layouts feed torch kernels)", v.describe(a))
+    from . import _dispatch, _kernels
+
+    _dispatch.native(fn, dict(qweight=qweight, scales=scales, qzeros=qzeros, g_idx=g_idx))  # one device
+    return _kernels, (k, n, g, groups)
+
+
+def _fallback(fn, reason, qweight, scales, qzeros, g_idx, bits, group_size, packing, zero_offset):
+    warnings.warn(f"{fn}: {reason}; w4a16_matmul will dequantize this layer", IncqWarning, stacklevel=3)
+    return TorchLayout(qweight, scales, qzeros, g_idx, int(bits), group_size, packing, int(zero_offset), reason)
+
+
+def make_xpu_layout(qweight, scales, qzeros=None, g_idx=None, *, bits=4, group_size=128, packing="gptq",
+                    zero_offset=0):
+    """Prepare a checkpoint layer for Intel GPUs: :class:`XpuLayout`, or :class:`TorchLayout`
+    (with an :class:`incq.IncqWarning`) when the layer does not fit the kernel.
+
+    Takes the arguments of :func:`incq.dequantize`, as torch tensors on any device: GPTQ or AWQ,
+    v1 or raw zeros, symmetric (``qzeros=None``, or every zero point 8) or asymmetric, with or
+    without act-order. AWQ words are converted to GPTQ order, v1 zeros to raw, and under
+    act-order the rows are sorted by group (each group must hold ``group_size`` rows) with
+    ``g_idx`` the permutation that the kernel applies to x. The kernel takes 4-bit weights with
+    ``group_size``, K and N multiples of 32 (vLLM's requirements); other layers fall back.
+    """
+    fn = "make_xpu_layout"
+    kernels, shape = _prepare(fn, qweight, scales, qzeros, g_idx, bits, group_size, packing, zero_offset)
+    args = (qweight, scales, qzeros, g_idx, bits, shape[2], packing, zero_offset)
+    reason = kernels.xpu_misfit(*args, shape)
+    if reason:
+        return _fallback(fn, reason, *args)
+    return kernels.make_xpu_layout(*args, shape)
+
+
+def make_cpu_layout(qweight, scales, qzeros=None, g_idx=None, *, bits=4, group_size=128, packing="gptq",
+                    zero_offset=0):
+    """Prepare a checkpoint layer for PyTorch's CPU int4 kernel: :class:`CpuLayout`, or
+    :class:`TorchLayout` (with an :class:`incq.IncqWarning`) when the layer does not fit it.
+
+    Same arguments as :func:`make_xpu_layout`; the result lives on the CPU. The kernel takes
+    4-bit weights, ``group_size`` in {32, 64, 128, 256} and N a multiple of 16. The layout holds
+    the kernel's packed weight and the GPTQ words (one byte per weight in all), so that
+    :func:`incq.w4a16_matmul` can choose, by the rows of x and their dtype, between the int4
+    kernel and dequantize-then-GEMM (``specs/kernels.md``).
+    """
+    fn = "make_cpu_layout"
+    kernels, shape = _prepare(fn, qweight, scales, qzeros, g_idx, bits, group_size, packing, zero_offset)
+    args = (qweight, scales, qzeros, g_idx, bits, shape[2], packing, zero_offset)
+    reason = kernels.cpu_misfit(*args, shape)
+    if reason:
+        return _fallback(fn, reason, *args)
+    return kernels.make_cpu_layout(*args, shape)
+
+
+def layout_shape(layout) -> tuple[int, int]:
+    """(K, N) of a prepared layout."""
+    if isinstance(layout, XpuLayout):
+        return layout.qweight.shape[0] * 8, layout.qweight.shape[1]
+    if isinstance(layout, CpuLayout):
+        return layout.qweight.shape[0] * 8, layout.qweight.shape[1]
+    q = layout.qweight
+    if layout.packing == "awq":
+        return q.shape[0], q.shape[1] * 8
+    per = 32 if layout.bits == 3 else 32 // layout.bits
+    words = 3 if layout.bits == 3 else 1
+    return q.shape[0] * per // words, q.shape[1]
+
+
+def matmul_with_layout(fn, x, layout, bias):
+    """``w4a16_matmul(x, layout, bias)``: validate, then let ``incq._kernels`` pick the kernel."""
+    k, n = layout_shape(layout)
+    x = v.check_float(fn, "x", x)
+    if not v.is_torch(x):
+        raise v.fail(fn, "x", "must be a torch tensor with a prepared layout", v.describe(x))
+    if x.ndim < 1 or x.shape[-1] != k:
+        raise v.fail(fn, "x", f"must have a last dimension of K = {k}", v.describe(x))
+    if bias is not None:
+        bias = v.check_float(fn, "bias", bias, ndim=1)
+        v.check_shape(fn, "bias", bias, (n,), f"[N] for N = {n}")
+    from . import _dispatch, _kernels
+
+    _dispatch.native(fn, dict(x=x, layout=layout[0], bias=bias))  # all torch, one device
+    return _kernels.matmul(x, layout, bias)
