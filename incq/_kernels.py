@@ -14,13 +14,14 @@ from ._layouts import CpuLayout, TorchLayout, XpuLayout
 #: group sizes PyTorch's CPU int4 kernel accepts
 CPU_GROUP_SIZES = (32, 64, 128, 256)
 #: On the CPU, bfloat16 / float16 activations with at most this many rows run the int4 kernel;
-#: more rows dequantize once and run one bfloat16 GEMM. Measured on a 2-core AVX-512 machine
-#: (4096 x 11008, group 128): the int4 kernel costs ~0.26 ms per row from M = 16 on, while
-#: dequantize + GEMM costs ~45 ms + 0.1 ms per row; they cross near M = 280.
-CPU_INT4_MAX_ROWS = 256
-#: float32 activations dequantize blocks of about this many rows into the cache and accumulate
-#: one GEMM per block (the CPU int4 kernel is ~50x slower in float32 than in bfloat16).
-CPU_BLOCK_ROWS = 128
+#: more rows take dequantize-then-GEMM. Measured on a 2-core AVX-512 machine (4096 x 11008,
+#: group 128, bfloat16): the int4 kernel costs ~0.26 ms per row from M = 16 on, dequantize-then-
+#: GEMM ~26 ms + 0.09 ms per row; they cross near M = 160 (specs/kernels.md has the table).
+CPU_INT4_MAX_ROWS = 160
+#: dequantize-then-GEMM works on blocks of this many output columns: each block of W is
+#: dequantized into the cache and multiplied at once, so W is never written out whole and every
+#: output element comes from one GEMM over all of K (one rounding).
+CPU_BLOCK_COLUMNS = 512
 _VLLM_IMPORT_TRIED = False
 
 
@@ -189,38 +190,31 @@ def _xpu_matmul(x2, L: XpuLayout, bias):
 def cpu_path(m: int, dtype: torch.dtype) -> str:
     """Which path ``w4a16_matmul`` takes on a CPU layout for ``m`` rows of x in ``dtype``.
 
-    "int4": the int4 kernel in bfloat16 (float16 x is rounded to bfloat16: the kernel and the
-    GEMM are an order of magnitude slower in float16 on CPUs without float16 arithmetic);
-    "dequantize": dequantize once (bfloat16 for 16-bit x), one GEMM; "blocked": float32,
-    dequantize a block of rows at a time into the cache and accumulate one GEMM per block.
+    "int4": PyTorch's int4 kernel in bfloat16; "dequantize": dequantize-then-GEMM in blocks of
+    output columns. float16 x runs in bfloat16 on both paths (the kernel and the GEMM are an
+    order of magnitude slower in float16 on CPUs without float16 arithmetic); float32 and
+    float64 always dequantize (the int4 kernel is ~50x slower in float32 than in bfloat16).
     """
-    if dtype in (torch.bfloat16, torch.float16):
-        return "int4" if m <= CPU_INT4_MAX_ROWS else "dequantize"
-    if dtype == torch.float32:
-        return "blocked"
+    if dtype in (torch.bfloat16, torch.float16) and m <= CPU_INT4_MAX_ROWS:
+        return "int4"
     return "dequantize"
 
 
 def _cpu_matmul(x2, L: CpuLayout, bias):
     dtype = x2.dtype
-    path = cpu_path(x2.shape[0], dtype)
     xs = x2 if L.perm is None else x2.index_select(1, L.perm)
     g = L.group_size
-    if path == "int4":
-        xb = xs.to(torch.bfloat16).contiguous()
-        y = torch.ops.aten._weight_int4pack_mm_for_cpu(xb, L.weight, g, L.scales_and_zeros)
-    elif path == "blocked":
-        y = torch.zeros(xs.shape[0], L.qweight.shape[1], dtype=dtype)
-        rows = g * max(1, CPU_BLOCK_ROWS // g)
-        for r0 in range(0, xs.shape[1], rows):
-            r1 = min(xs.shape[1], r0 + rows)
-            zeros = None if L.qzeros is None else L.qzeros[r0 // g : r1 // g]
-            w = T._dequantize(L.qweight[r0 // 8 : r1 // 8], L.scales[r0 // g : r1 // g], zeros, None, 4, g, "gptq",
-                              0, dtype)
-            y.addmm_(xs[:, r0:r1], w)
+    compute = torch.bfloat16 if dtype == torch.float16 else dtype
+    xs = xs.to(compute).contiguous()
+    if cpu_path(x2.shape[0], dtype) == "int4":
+        y = torch.ops.aten._weight_int4pack_mm_for_cpu(xs, L.weight, g, L.scales_and_zeros)
     else:
-        compute = torch.bfloat16 if dtype == torch.float16 else dtype
-        w = T._dequantize(L.qweight, L.scales, L.qzeros, None, 4, g, "gptq", 0, compute)
-        y = xs.to(compute) @ w
+        n = L.qweight.shape[1]
+        y = torch.empty(xs.shape[0], n, dtype=compute)
+        for n0 in range(0, n, CPU_BLOCK_COLUMNS):
+            n1 = min(n, n0 + CPU_BLOCK_COLUMNS)
+            zeros = None if L.qzeros is None else L.qzeros[:, n0 // 8 : n1 // 8]
+            w = T._dequantize(L.qweight[:, n0:n1], L.scales[:, n0:n1], zeros, None, 4, g, "gptq", 0, compute)
+            y[:, n0:n1] = xs @ w
     y = y.to(dtype)
     return y if bias is None else y + bias.to(dtype)

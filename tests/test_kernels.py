@@ -236,9 +236,8 @@ def test_cpu_layout_every_path_within_tolerance(variant, dtype, m):
 def test_cpu_paths_by_rows_and_dtype():
     rows = _kernels.CPU_INT4_MAX_ROWS
     assert _kernels.cpu_path(1, torch.bfloat16) == _kernels.cpu_path(rows, torch.float16) == "int4"
-    assert _kernels.cpu_path(rows + 1, torch.bfloat16) == "dequantize"
-    assert _kernels.cpu_path(1, torch.float32) == _kernels.cpu_path(4096, torch.float32) == "blocked"
-    assert _kernels.cpu_path(1, torch.float64) == "dequantize"
+    assert _kernels.cpu_path(rows + 1, torch.bfloat16) == _kernels.cpu_path(rows + 1, torch.float16) == "dequantize"
+    assert _kernels.cpu_path(1, torch.float32) == _kernels.cpu_path(1, torch.float64) == "dequantize"
 
 
 def test_cpu_layout_3d_input_and_act_order_match_2d():
