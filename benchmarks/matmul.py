@@ -37,29 +37,37 @@ PATHS = ("int4", "dequantize")
 _FLUSH = torch.empty(64 << 20, dtype=torch.uint8)
 
 
-def timed(fn, reps: int, budget_s: float = 1.0, cold: bool = False) -> float:
-    """Median milliseconds of ``fn``; one run when a run takes longer than ``budget_s``, five
-    times ``reps`` runs when one takes under 10 ms. ``cold``: 64 MiB (more than this machine's
-    last-level cache) are written before every run, so the weights come from memory."""
-    t0 = time.perf_counter()
-    fn()
-    first = time.perf_counter() - t0
-    if first > budget_s:
-        return first * 1e3
-    times = []
-    for _ in range(reps * 5 if first < 0.01 else reps):
-        if cold:
-            _FLUSH.add_(1)
+def timed(fns: dict, reps: int, budget_s: float = 1.0) -> dict:
+    """Median milliseconds of each function, run round-robin so that all see the same machine
+    state; a function whose first run takes over ``budget_s`` is not repeated, and five times
+    ``reps`` rounds are run when every function takes under 10 ms. Each timed run follows an
+    untimed run of the same call (warm, as for a layer called again), except for names ending
+    in "cold", which follow writing 64 MiB (more than this machine's last-level cache), so that
+    their weights come from memory."""
+    first = {}
+    for name, fn in fns.items():
         t0 = time.perf_counter()
         fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1e3
+        first[name] = time.perf_counter() - t0
+    repeat = [name for name in fns if first[name] <= budget_s]
+    rounds = reps * 5 if all(first[name] < 0.01 for name in repeat) else reps
+    times = {name: [] for name in repeat}
+    for _ in range(rounds):
+        for name in repeat:
+            if name.endswith("cold"):
+                _FLUSH.add_(1)
+            else:
+                fns[name]()  # warm: the same call just before, as for a layer called again
+            t0 = time.perf_counter()
+            fns[name]()
+            times[name].append(time.perf_counter() - t0)
+    return {name: (statistics.median(times[name]) if name in times else first[name]) * 1e3 for name in fns}
 
 
 def read_bandwidth() -> float:
     """GB/s of summing a 1 GiB float32 tensor (all threads), median of 5."""
     big = torch.ones(1 << 28, dtype=torch.float32)
-    ms = timed(big.sum, 5)
+    ms = timed({"sum": big.sum}, 5)["sum"]
     return big.numel() * 4 / ms / 1e6
 
 
@@ -110,20 +118,30 @@ def main(argv=None) -> None:
             for m in (int(v) for v in args.m.split(",")):
                 x = torch.randn(m, k).to(dtype)
                 path = _kernels.cpu_path(m, dtype)
-                t_incq = timed(lambda: incq.w4a16_matmul(x, layout), args.reps)
-                t_cold = timed(lambda: incq.w4a16_matmul(x, layout), args.reps, cold=True)
-                t_dense = timed(lambda: torch.nn.functional.linear(x, dense), args.reps)
-                row = {}
-                candidates = {"naive": lambda: x @ incq.dequantize(qweight, s, qzeros, group_size=128)}
-                candidates.update({p: (lambda p=p: forced(p)(x, layout)) for p in PATHS})
-                for name, fn in candidates.items():
-                    estimate = last.get(name, 0.0) * 4  # time grows at most about linearly in M
-                    row[name] = float("nan") if estimate > args.naive_max_s * 1e3 else timed(fn, args.reps)
-                    last[name] = row[name] if row[name] == row[name] else float("inf")
-                best = min(v for name, v in row.items() if name in PATHS and v == v)
+                fns = {
+                    "incq": lambda: incq.w4a16_matmul(x, layout),
+                    "incq cold": lambda: incq.w4a16_matmul(x, layout),
+                    "dense": lambda: torch.nn.functional.linear(x, dense),
+                    "naive": lambda: x @ incq.dequantize(qweight, s, qzeros, group_size=128),
+                }
+                # each of incq's paths forced (the int4 kernel takes only 16-bit x)
+                paths = PATHS if dtype != torch.float32 else ("dequantize",)
+                fns.update({p: (lambda p=p: forced(p)(x, layout)) for p in paths})
+                for name in list(fns):
+                    if last.get(name, 0.0) * 4 > args.naive_max_s * 1e3:  # time grows about linearly in M
+                        del fns[name]
+                ms = timed(fns, args.reps)
+                last.update(ms)
+                row = {name: ms.get(name, float("nan")) for name in ("naive", "int4", "dequantize")}
+                if "int4" not in paths:
+                    row["int4"] = None
+                t_incq, t_cold, t_dense = ms["incq"], ms["incq cold"], ms["dense"]
+                best = min(v for name, v in row.items() if name in paths and v == v)
                 gbs = weight_bytes / t_cold / 1e6
 
                 def cell(v, width):
+                    if v is None:
+                        return f"{'-':>{width}}"
                     return f"{v:{width}.2f}" if v == v else f"{'>cap':>{width}}"
 
                 print(f"{m:>5} {path:>10} {t_incq:8.2f} {t_cold:8.2f} {gbs:6.1f} {100 * gbs / bandwidth:5.0f} {t_dense:8.2f} "
