@@ -37,7 +37,7 @@ def test_public_surface():
 
 
 def test_main_self_check_runs():
-    out = subprocess.run([sys.executable, "-m", "incq", "--k", "256", "--n", "256"], capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-m", "incq", "check", "--k", "256", "--n", "256"], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert "self-check passed" in out.stdout
     assert "DIFFERENT" not in out.stdout

@@ -1,0 +1,500 @@
+"""Quantized checkpoints on disk: reading their configs and safetensors headers, finding the
+quantized layers, checking them, and converting them tensor by tensor.
+
+Headers and tensors are read with the ``safetensors`` library (torch tensors when torch is
+installed, NumPy arrays otherwise). Output files are written in the safetensors format
+(an 8-byte little-endian header length, a JSON header, then each tensor's bytes in header
+order), one tensor at a time, so that a conversion never holds more than one tensor.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import struct
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from . import _api
+from ._config import AUTOROUND_METHODS, config_kwargs
+from ._errors import IncqError
+from ._layout import values_per_block, words_per_block
+
+CONFIG_FILES = ("config.json", "quantization_config.json", "quantize_config.json")
+INDEX_FILE = "model.safetensors.index.json"
+LAYER_TENSORS = ("qweight", "qzeros", "scales", "g_idx")
+#: safetensors dtype names -> NumPy dtypes (BF16 has none: such tensors need torch)
+NUMPY_DTYPES = {
+    "F64": np.float64, "F32": np.float32, "F16": np.float16, "I64": np.int64, "I32": np.int32, "I16": np.int16,
+    "I8": np.int8, "U64": np.uint64, "U32": np.uint32, "U16": np.uint16, "U8": np.uint8, "BOOL": np.bool_,
+}
+
+
+class CheckpointError(IncqError):
+    """A checkpoint that cannot be read, converted or written as asked."""
+
+
+class TensorInfo(NamedTuple):
+    file: str
+    dtype: str  # safetensors dtype name: "I32", "F16", "BF16", ...
+    shape: tuple[int, ...]
+
+
+class Layer(NamedTuple):
+    prefix: str
+    kwargs: dict  # bits, group_size, packing, zero_offset
+    sym: bool
+    k: int
+    n: int
+    tensors: dict  # "qweight" / "qzeros" / "scales" / "g_idx" -> tensor name
+
+
+class Checkpoint(NamedTuple):
+    path: Path
+    config_file: str  # where the quantization config was found
+    quant_config: dict
+    files: tuple[str, ...]  # safetensors files, in order
+    index: dict | None  # the sharded checkpoint's index file, or None
+    tensors: dict  # tensor name -> TensorInfo
+
+
+def torch_or_none():
+    if importlib.util.find_spec("torch") is None:
+        return None
+    import torch
+
+    return torch
+
+
+def _safe_open(path: Path):
+    from safetensors import safe_open
+
+    return safe_open(str(path), framework="pt" if torch_or_none() is not None else "numpy")
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+
+
+def find_quant_config(path: Path) -> tuple[str, dict]:
+    """(file name, quantization config) from config.json, quantization_config.json or quantize_config.json."""
+    for name in CONFIG_FILES:
+        file = path / name
+        if not file.is_file():
+            continue
+        data = _read_json(file)
+        if name == "config.json":
+            if isinstance(data, dict) and isinstance(data.get("quantization_config"), dict):
+                return name, data["quantization_config"]
+            continue
+        if isinstance(data, dict):
+            return name, data
+    raise CheckpointError(f"{path}: no quantization config (looked for {', '.join(CONFIG_FILES)})")
+
+
+def open_checkpoint(path) -> Checkpoint:
+    """Read a checkpoint directory's quantization config and safetensors headers (no tensor data)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: no such checkpoint directory")
+    config_file, quant_config = find_quant_config(path)
+    index = None
+    if (path / INDEX_FILE).is_file():
+        index = _read_json(path / INDEX_FILE)
+        weight_map = index.get("weight_map") if isinstance(index, dict) else None
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise CheckpointError(f"{path / INDEX_FILE}: no weight_map")
+        files = tuple(dict.fromkeys(weight_map.values()))
+    else:
+        files = tuple(sorted(p.name for p in path.glob("*.safetensors")))
+        if not files:
+            raise CheckpointError(f"{path}: no .safetensors files")
+    tensors: dict[str, TensorInfo] = {}
+    for file in files:
+        full = path / file
+        if not full.is_file():
+            raise CheckpointError(f"{full}: missing (named in {INDEX_FILE})")
+        try:
+            with _safe_open(full) as f:
+                for name in f.keys():
+                    piece = f.get_slice(name)
+                    tensors[name] = TensorInfo(file, piece.get_dtype(), tuple(piece.get_shape()))
+        except Exception as e:  # safetensors raises its own error type for bad files
+            if isinstance(e, OSError):
+                raise
+            raise CheckpointError(f"{full}: not a readable safetensors file ({e})") from None
+    if index is not None:
+        for name, file in index["weight_map"].items():
+            if name not in tensors or tensors[name].file != file:
+                raise CheckpointError(f"{path / INDEX_FILE}: tensor {name} is not in {file}")
+    return Checkpoint(path, config_file, quant_config, files, index, tensors)
+
+
+def read_tensor(ckpt: Checkpoint, name: str):
+    """One tensor's data (a torch tensor when torch is installed, else a NumPy array)."""
+    info = ckpt.tensors.get(name)
+    if info is None:
+        raise CheckpointError(f"{ckpt.path}: tensor {name} is missing")
+    if info.dtype == "BF16" and torch_or_none() is None:
+        raise CheckpointError(f"{ckpt.path}: tensor {name} is bfloat16, which needs torch (pip install torch)")
+    try:
+        with _safe_open(ckpt.path / info.file) as f:
+            return f.get_tensor(name)
+    except Exception as e:
+        if isinstance(e, OSError):
+            raise
+        raise CheckpointError(f"{ckpt.path / info.file}: cannot read tensor {name} ({e})") from None
+
+
+def is_sym(quant_config: dict) -> bool:
+    if str(quant_config.get("quant_method", "")).lower() == "awq":
+        return not quant_config.get("zero_point", True)
+    return bool(quant_config.get("sym", True))
+
+
+def layer_shape(kwargs: dict, qweight_shape: tuple[int, ...]) -> tuple[int, int]:
+    """(K, N) of a layer from its qweight shape."""
+    rows, cols = qweight_shape
+    if kwargs["packing"] == "awq":
+        return rows, cols * 8
+    bits = kwargs["bits"]
+    return rows * values_per_block(bits) // words_per_block(bits), cols
+
+
+def expected_shapes(kwargs: dict, k: int, n: int) -> dict[str, tuple[int, ...]]:
+    bits, g = kwargs["bits"], kwargs["group_size"]
+    groups = 1 if g == -1 else k // g
+    if kwargs["packing"] == "awq":
+        zeros = (groups, n // 8)
+    else:
+        zeros = (groups, n * words_per_block(bits) // values_per_block(bits))
+    return {"scales": (groups, n), "qzeros": zeros, "g_idx": (k,)}
+
+
+def find_layers(ckpt: Checkpoint) -> list[Layer]:
+    """Every quantized layer (a ``<prefix>.qweight`` tensor), with its keyword arguments; shapes
+    are checked against the config."""
+    layers = []
+    sym = is_sym(ckpt.quant_config)
+    for name in ckpt.tensors:
+        if not name.endswith(".qweight"):
+            continue
+        prefix = name[: -len(".qweight")]
+        try:
+            kwargs = config_kwargs(ckpt.quant_config, layer=prefix)
+        except IncqError as e:
+            raise CheckpointError(f"{ckpt.path}: {e}") from None
+        if kwargs is None:
+            raise CheckpointError(f"{ckpt.path}: {prefix} holds a qweight, but the config leaves it unquantized")
+        tensors = {t: f"{prefix}.{t}" for t in LAYER_TENSORS if f"{prefix}.{t}" in ckpt.tensors}
+        if "scales" not in tensors:
+            raise CheckpointError(f"{ckpt.path}: {prefix} has a qweight but no scales")
+        qweight = ckpt.tensors[name]
+        if qweight.dtype != "I32" or len(qweight.shape) != 2:
+            raise CheckpointError(f"{ckpt.path}: {name} must be a 2-d int32 tensor, got {qweight.dtype} {qweight.shape}")
+        k, n = layer_shape(kwargs, qweight.shape)
+        g = kwargs["group_size"]
+        if g != -1 and (g < 1 or k % g):
+            raise CheckpointError(f"{ckpt.path}: {prefix}: group_size {g} does not divide K = {k}")
+        for t, shape in expected_shapes(kwargs, k, n).items():
+            if t in tensors and ckpt.tensors[tensors[t]].shape != shape:
+                raise CheckpointError(
+                    f"{ckpt.path}: {tensors[t]} has shape {ckpt.tensors[tensors[t]].shape}, the config "
+                    f"({kwargs['bits']}-bit, group_size {g}, {kwargs['packing']}) and qweight {qweight.shape} say {shape}"
+                )
+        layers.append(Layer(prefix, kwargs, sym, k, n, tensors))
+    if not layers:
+        raise CheckpointError(f"{ckpt.path}: no quantized layers (no tensor ends in .qweight)")
+    return layers
+
+
+def layer_arrays(ckpt: Checkpoint, layer: Layer) -> tuple:
+    """(qweight, scales, qzeros, g_idx) of a layer, qzeros / g_idx None when absent."""
+    return tuple(read_tensor(ckpt, layer.tensors[t]) if t in layer.tensors else None
+                 for t in ("qweight", "scales", "qzeros", "g_idx"))
+
+
+def _as_numpy(x):
+    if x is None or isinstance(x, np.ndarray):
+        return x
+    return (x.float() if str(x.dtype) == "torch.bfloat16" else x).numpy()
+
+
+def trivial_g_idx(g_idx, k: int, group_size: int) -> bool:
+    g = k if group_size == -1 else group_size
+    return bool(np.array_equal(_as_numpy(g_idx).astype(np.int64), np.arange(k) // g))
+
+
+# --------------------------------------------------------------------------- inspect
+
+
+def anomalies(ckpt: Checkpoint, layer: Layer) -> list[str]:
+    """What in a layer contradicts its declared format (reads qzeros, scales and g_idx)."""
+    found = []
+    kw = layer.kwargs
+    bits, packing, zero_offset = kw["bits"], kw["packing"], kw["zero_offset"]
+    scales = _as_numpy(read_tensor(ckpt, layer.tensors["scales"]))
+    bad = int(np.count_nonzero(~np.isfinite(scales)))
+    if bad:
+        found.append(f"{layer.prefix}: {bad} non-finite scale(s)")
+    if "qzeros" in layer.tensors and packing == "gptq":
+        qzeros = _as_numpy(read_tensor(ckpt, layer.tensors["qzeros"]))
+        as_v1 = _api.unpack_zeros(qzeros, bits, zero_offset=1)
+        as_raw = _api.unpack_zeros(qzeros, bits, zero_offset=0)
+        mid = 1 << (bits - 1)
+        if layer.sym and zero_offset == 1 and (as_raw == mid).all() and not (as_v1 == mid).all():
+            found.append(f"{layer.prefix}: declared v1 (stored z - 1) but holds raw zero points "
+                         f"({mid} everywhere when read raw): a v1 reader is off by one step")
+        if layer.sym and zero_offset == 0 and (as_v1 == mid).all() and not (as_raw == mid).all():
+            found.append(f"{layer.prefix}: declared raw zero points but holds v1 words "
+                         f"({mid} everywhere when read as v1): a raw reader is off by one step")
+        if zero_offset == 1:
+            zeros = int(np.count_nonzero(as_v1 == 0))
+            if zeros:
+                found.append(f"{layer.prefix}: {zeros} zero point(s) of 0 under v1, which readers decode differently")
+    if "g_idx" in layer.tensors:
+        g_idx = _as_numpy(read_tensor(ckpt, layer.tensors["g_idx"])).astype(np.int64)
+        groups = expected_shapes(kw, layer.k, layer.n)["scales"][0]
+        if g_idx.size and (g_idx.min() < 0 or g_idx.max() >= groups):
+            found.append(f"{layer.prefix}: g_idx holds groups outside [0, {groups - 1}]")
+    return found
+
+
+def describe_format(quant_config: dict) -> str:
+    method = str(quant_config.get("quant_method", "")).lower()
+    if method in AUTOROUND_METHODS:
+        return f"AutoRound ({quant_config.get('packing_format', 'auto_round:auto_gptq')})"
+    if method == "awq":
+        return f"AWQ ({quant_config.get('version', 'gemm')})"
+    return f"GPTQ ({quant_config.get('checkpoint_format', 'gptq')})"
+
+
+# --------------------------------------------------------------------------- convert
+
+
+def target_config(quant_config: dict, to: str, zero_offset: int) -> dict:
+    """The quantization config that the target loaders read for the converted checkpoint."""
+    cfg = dict(quant_config)
+    method = str(cfg.get("quant_method", "")).lower()
+    if method in AUTOROUND_METHODS:
+        cfg["packing_format"] = ("auto_round:auto_awq" if to == "awq"
+                                 else "auto_round:auto_gptq" if zero_offset else "auto_round:gptqmodel")
+        return cfg
+    bits = cfg.get("bits", cfg.get("w_bit", 4))
+    group = cfg.get("group_size", cfg.get("q_group_size", 128))
+    if to == "awq":
+        return {"quant_method": "awq", "version": "gemm", "bits": bits, "group_size": group, "zero_point": True,
+                "modules_to_not_convert": cfg.get("modules_to_not_convert")}
+    if method == "awq":
+        cfg = {"quant_method": "gptq", "bits": bits, "group_size": group, "desc_act": False,
+               "sym": not cfg.get("zero_point", True)}
+    cfg["checkpoint_format"] = "gptq" if zero_offset else "gptq_v2"
+    return cfg
+
+
+class TensorJob(NamedTuple):
+    """How one output tensor is made: "copy" a source tensor, or convert one ("qweight", "qzeros",
+    "new_qzeros" for a symmetric layer that gains stored zero points)."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    action: str
+    source: str  # source tensor name
+    bits: int
+    src: tuple  # (packing, zero_offset) of the source
+    dst: tuple  # (packing, zero_offset) of the target
+
+
+def plan_conversion(ckpt: Checkpoint, layers: list[Layer], to: str, zero_offset: int) -> dict[str, list[TensorJob]]:
+    """Per output file, the tensors to write. Refuses, naming the layer, what the target cannot hold."""
+    dst = ("awq", 0) if to == "awq" else ("gptq", zero_offset)
+    by_tensor: dict[str, Layer] = {}
+    for layer in layers:
+        kw = layer.kwargs
+        if to == "awq":
+            if kw["bits"] != 4:
+                raise CheckpointError(f"{layer.prefix}: {kw['bits']}-bit weights cannot be stored in AWQ, which packs "
+                                      "4-bit codes only")
+            if "g_idx" in layer.tensors and not trivial_g_idx(read_tensor(ckpt, layer.tensors["g_idx"]), layer.k,
+                                                              kw["group_size"]):
+                raise CheckpointError(f"{layer.prefix}: act-order (a g_idx that is not k // group_size) cannot be "
+                                      "stored in AWQ, which has no g_idx")
+        if dst == ("gptq", 1) and "qzeros" in layer.tensors:
+            qzeros = _as_numpy(read_tensor(ckpt, layer.tensors["qzeros"]))
+            z = _api.unpack_zeros(qzeros, kw["bits"], packing=kw["packing"], zero_offset=kw["zero_offset"])
+            zeros = int(np.count_nonzero(z == 0))
+            if zeros:
+                raise CheckpointError(f"{layer.prefix}: {zeros} zero point(s) of 0 cannot be stored as v1 (z - 1); "
+                                      "convert with --zeros raw")
+        for t in layer.tensors.values():
+            by_tensor[t] = layer
+    plan: dict[str, list[TensorJob]] = {file: [] for file in ckpt.files}
+    for name, info in ckpt.tensors.items():
+        layer = by_tensor.get(name)
+        if layer is None:
+            plan[info.file].append(TensorJob(name, info.dtype, info.shape, "copy", name, 0, (), ()))
+            continue
+        kw = layer.kwargs
+        src = (kw["packing"], kw["zero_offset"])
+        part = name[len(layer.prefix) + 1 :]
+        if part == "g_idx" and to == "awq":
+            continue  # trivial (checked above); AWQ has no g_idx
+        if part == "qweight":
+            if src[0] == dst[0]:
+                shape = info.shape
+            else:
+                shape = (layer.k, layer.n // 8) if dst[0] == "awq" else (layer.k // 8, layer.n)
+            plan[info.file].append(TensorJob(name, "I32", shape, "qweight", name, kw["bits"], src, dst))
+        elif part == "qzeros":
+            plan[info.file].append(TensorJob(name, "I32", info.shape, "qzeros", name, kw["bits"], src, dst))
+        else:
+            plan[info.file].append(TensorJob(name, info.dtype, info.shape, "copy", name, 0, (), ()))
+        if part == "qweight" and "qzeros" not in layer.tensors and dst[0] == "awq":
+            groups = expected_shapes(kw, layer.k, layer.n)["scales"][0]
+            plan[info.file].append(TensorJob(f"{layer.prefix}.qzeros", "I32", (groups, layer.n // 8), "new_qzeros", name,
+                                             kw["bits"], src, dst))
+    return plan
+
+
+def run_job(job: TensorJob, data):
+    """The output tensor of ``job`` from its source tensor ``data``."""
+    if job.action == "copy":
+        return data
+    bits, (src_packing, src_offset), (dst_packing, dst_offset) = job.bits, job.src, job.dst
+    if job.action == "qweight":
+        if src_packing == dst_packing:
+            return data
+        return _api.awq_to_gptq(data, bits) if dst_packing == "gptq" else _api.gptq_to_awq(data, bits)
+    if job.action == "qzeros":
+        if (src_packing, src_offset) == (dst_packing, dst_offset):
+            return data
+        zeros = _api.unpack_zeros(data, bits, packing=src_packing, zero_offset=src_offset)
+        return _api.pack_zeros(zeros, bits, packing=dst_packing, zero_offset=dst_offset)
+    # new_qzeros: a symmetric layer's implicit zero point, stored
+    groups, words = job.shape
+    mid = 1 << (bits - 1)
+    full = np.full((groups, words * 8), mid, dtype=np.uint8)
+    zeros = full if isinstance(data, np.ndarray) else _torch_from_numpy(full)
+    return _api.pack_zeros(zeros, bits, packing=dst_packing, zero_offset=dst_offset)
+
+
+def _torch_from_numpy(a):
+    return torch_or_none().from_numpy(a)
+
+
+def tensor_bytes(data) -> memoryview:
+    if isinstance(data, np.ndarray):
+        return memoryview(np.ascontiguousarray(data).view(np.uint8).reshape(-1))
+    torch = torch_or_none()
+    return memoryview(data.contiguous().view(torch.uint8).reshape(-1).numpy())
+
+
+def write_safetensors(path: Path, jobs: list[TensorJob], produce, metadata: dict | None, on_tensor=None) -> int:
+    """Write ``jobs`` in order into a safetensors file, one tensor at a time; returns bytes written.
+
+    ``produce(job)`` returns the tensor's data; its byte size must match the job's dtype and shape.
+    """
+    header: dict[str, Any] = {}
+    offset = 0
+    sizes = []
+    for job in jobs:
+        size = _itemsize(job.dtype) * int(np.prod(job.shape, dtype=np.int64))
+        header[job.name] = {"dtype": job.dtype, "shape": list(job.shape), "data_offsets": [offset, offset + size]}
+        offset += size
+        sizes.append(size)
+    if metadata:
+        header["__metadata__"] = metadata
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    written = 0
+    with open(path, "wb") as out:
+        out.write(struct.pack("<Q", len(text)))
+        out.write(text)
+        for job, size in zip(jobs, sizes):
+            data = tensor_bytes(produce(job))
+            if data.nbytes != size:
+                raise CheckpointError(f"{job.name}: produced {data.nbytes} bytes, expected {size}")
+            out.write(data)
+            written += size
+            if on_tensor is not None:
+                on_tensor()
+        out.flush()
+        os.fsync(out.fileno())
+    return written + 8 + len(text)
+
+
+_ITEMSIZE = {"F64": 8, "I64": 8, "U64": 8, "F32": 4, "I32": 4, "U32": 4, "F16": 2, "BF16": 2, "I16": 2, "U16": 2,
+             "I8": 1, "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
+
+
+def _itemsize(dtype: str) -> int:
+    if dtype not in _ITEMSIZE:
+        raise CheckpointError(f"unsupported safetensors dtype {dtype}")
+    return _ITEMSIZE[dtype]
+
+
+def file_metadata(ckpt: Checkpoint, file: str) -> dict | None:
+    with _safe_open(ckpt.path / file) as f:
+        return f.metadata()
+
+
+# --------------------------------------------------------------------------- example
+
+
+#: ``incq example --format`` -> (quantization config, packing, zero_offset)
+EXAMPLE_FORMATS = {
+    "auto_round:auto_awq": ({"quant_method": "auto-round", "packing_format": "auto_round:auto_awq"}, "awq", 0),
+    "auto_round:auto_gptq": ({"quant_method": "auto-round", "packing_format": "auto_round:auto_gptq"}, "gptq", 1),
+    "auto_round:gptqmodel": ({"quant_method": "auto-round", "packing_format": "auto_round:gptqmodel"}, "gptq", 0),
+    "gptq": ({"quant_method": "gptq", "checkpoint_format": "gptq", "desc_act": False}, "gptq", 1),
+    "gptq_v2": ({"quant_method": "gptq", "checkpoint_format": "gptq_v2", "desc_act": False}, "gptq", 0),
+    "awq": ({"quant_method": "awq", "version": "gemm", "zero_point": True}, "awq", 0),
+}
+
+
+def write_example(path: Path, fmt: str, shards: int = 2, layers: int = 2, hidden: int = 512, inner: int = 1024,
+                  seed: int = 0) -> None:
+    """A small synthetic Llama-shaped checkpoint in ``fmt``: 4-bit, group 128, asymmetric, fp16
+    scales, with unquantized embeddings and norms, in ``shards`` files."""
+    if path.exists():
+        raise CheckpointError(f"{path} exists")
+    base, packing, zero_offset = EXAMPLE_FORMATS[fmt]
+    rng = np.random.default_rng(seed)
+    tensors: dict[str, np.ndarray] = {"model.embed_tokens.weight": rng.standard_normal((256, hidden)).astype(np.float16)}
+    for i in range(layers):
+        for name, (k, n) in {"self_attn.q_proj": (hidden, hidden), "mlp.up_proj": (hidden, inner),
+                             "mlp.down_proj": (inner, hidden)}.items():
+            w = (rng.standard_normal((k, n)) * 0.02).astype(np.float16)
+            qweight, scales, qzeros, _ = _api.quantize(w, bits=4, group_size=128, sym=False, packing=packing,
+                                                       zero_offset=zero_offset)
+            prefix = f"model.layers.{i}.{name}"
+            tensors.update({f"{prefix}.qweight": qweight, f"{prefix}.scales": scales, f"{prefix}.qzeros": qzeros})
+        tensors[f"model.layers.{i}.input_layernorm.weight"] = np.ones(hidden, dtype=np.float16)
+    quant = {**base, "bits": 4, "group_size": 128, "sym": False}
+    if fmt == "awq":
+        quant = {**base, "w_bit": 4, "q_group_size": 128}
+    path.mkdir(parents=True)
+    (path / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"], "hidden_size": hidden,
+                                                  "intermediate_size": inner, "num_hidden_layers": layers,
+                                                  "torch_dtype": "float16", "quantization_config": quant}, indent=2))
+    names = list(tensors)
+    files = [f"model-{i + 1:05d}-of-{shards:05d}.safetensors" for i in range(shards)] if shards > 1 else ["model.safetensors"]
+    chunks = np.array_split(np.arange(len(names)), len(files))
+    dtypes = {np.dtype(v): k for k, v in NUMPY_DTYPES.items()}
+    weight_map = {}
+    for file, chunk in zip(files, chunks):
+        jobs = [TensorJob(names[i], dtypes[tensors[names[i]].dtype], tensors[names[i]].shape, "copy", names[i], 0, (), ())
+                for i in chunk]
+        write_safetensors(path / file, jobs, lambda job: tensors[job.name], {"format": "pt"})
+        weight_map.update({job.name: file for job in jobs})
+    if len(files) > 1:
+        total = sum(a.nbytes for a in tensors.values())
+        (path / INDEX_FILE).write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map},
+                                                  indent=2))

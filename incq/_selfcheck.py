@@ -1,0 +1,100 @@
+"""``incq check``: a self-check of the layouts on a synthetic layer, with timings.
+
+Quantizes a random layer in every checkpoint layout incq reads, converts AWQ to GPTQ (raw and
+v1 zeros), and checks that every route dequantizes to the same bits and within the documented
+rounding error. When torch is installed, every route also runs on the torch backend (and on
+CUDA when a GPU is present), which must give the golden's bits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import time
+
+import numpy as np
+
+import incq
+
+
+def _timed(fn, *args, **kwargs):
+    """Result and wall time in milliseconds."""
+    start = time.perf_counter()
+    out = fn(*args, **kwargs)
+    return out, (time.perf_counter() - start) * 1e3
+
+
+def _torch_devices() -> list[str]:
+    if importlib.util.find_spec("torch") is None:
+        return []
+    import torch
+
+    return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def _same_on_torch(w, sym, kwargs, layer, deq, device) -> tuple[bool, float]:
+    """quantize + dequantize on the torch backend: the golden's bits, and the time it took."""
+    import torch
+
+    def run():
+        tensors = incq.quantize(torch.from_numpy(w).to(device), sym=sym, **kwargs)
+        return tensors, incq.dequantize(*tensors, **kwargs)
+
+    run()  # the first call on a device pays for its start-up
+    (tensors, w_torch), ms = _timed(run)
+    same = all(np.array_equal(t.cpu().numpy(), a) for t, a in zip(tensors, layer))
+    return same and np.array_equal(w_torch.cpu().numpy(), deq), ms
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="incq check", description=__doc__.splitlines()[0])
+    parser.add_argument("--k", type=int, default=2048, help="input features (default 2048)")
+    parser.add_argument("--n", type=int, default=2048, help="output features (default 2048)")
+    parser.add_argument("--group-size", type=int, default=128)
+    args = parser.parse_args(argv)
+
+    rng = np.random.default_rng(0)
+    w = (rng.standard_normal((args.k, args.n)) * 0.02).astype(np.float16)
+    g = args.group_size
+    devices = _torch_devices()
+    print(f"incq {incq.__version__}: layer K={args.k} N={args.n} group_size={g}, NumPy golden backend"
+          + (f", checked against torch on {', '.join(devices)}" if devices else ", torch not installed"))
+    print(f"{'route':<44}{'ms':>9}  max |w - W| / |s|" + "".join(f"{'torch ' + d + ' ms':>16}" for d in devices))
+    ok = True
+    routes = []
+    for bits in (2, 3, 4, 8):
+        for sym in (True, False):
+            for packing, zero_offset in (("gptq", 1), ("gptq", 0), ("awq", 0)):
+                if packing == "awq" and bits != 4:
+                    continue
+                routes.append((bits, sym, packing, zero_offset))
+    eps = float(np.finfo(w.dtype).eps)
+    for bits, sym, packing, zero_offset in routes:
+        kwargs = dict(bits=bits, group_size=g, packing=packing, zero_offset=zero_offset)
+        layer, ms_q = _timed(incq.quantize, w, sym=sym, **kwargs)
+        deq, ms_d = _timed(incq.dequantize, *layer, **kwargs)
+        step = np.repeat(np.abs(layer[1].astype(np.float64)), g, axis=0)
+        err = float((np.abs(deq.astype(np.float64) - w) / step).max())
+        # specs/quantize.md: half a step (asym) or one step (sym, top code clipped) + scale rounding
+        bound = (1.0 if sym else 0.5) + (1 << bits) * eps + eps
+        ok &= err <= bound
+        name = f"{bits}-bit {'sym' if sym else 'asym'} {packing} zero_offset={zero_offset}"
+        line = f"{name:<44}{ms_q + ms_d:>9.1f}  {err:>10.3f} <= {bound:.3f}"
+        for device in devices:
+            same, ms = _same_on_torch(w, sym, kwargs, layer, deq, device)
+            ok &= same
+            line += f"{ms:>16.1f}" if same else f"{'DIFFERENT BITS':>16}"
+        print(line)
+        if packing != "awq":
+            continue
+        for target in (0, 1):
+            (qweight, qzeros), ms_c = _timed(
+                lambda: (incq.awq_to_gptq(layer[0]), incq.awq_zeros_to_gptq(layer[2], zero_offset=target))
+            )
+            again = incq.dequantize(qweight, layer[1], qzeros, bits=4, group_size=g, zero_offset=target)
+            same = bool(np.array_equal(again, deq))
+            ok &= same
+            print(f"{'  -> awq_to_gptq, zero_offset=' + str(target):<44}{ms_c:>9.1f}  {'same bits' if same else 'DIFFERENT BITS'}")
+    print("self-check", "passed" if ok else "FAILED")
+    return 0 if ok else 1
+
