@@ -1,0 +1,311 @@
+"""The incq command, run as a user runs it (a subprocess), on checkpoints the tests build:
+synthetic ones in every format (single-file and sharded) and the real AutoRound exports."""
+
+import hashlib
+import json
+import os
+import resource
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors import safe_open
+from safetensors.numpy import save_file
+
+import incq
+
+ROOT = Path(__file__).resolve().parent
+FIXTURES = ROOT / "fixtures" / "autoround"
+FORMATS = ["auto_round:auto_awq", "auto_round:auto_gptq", "auto_round:gptqmodel", "gptq", "gptq_v2", "awq"]
+
+
+def run(*args, limit_file_bytes=None):
+    def limit():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit_file_bytes, limit_file_bytes))
+
+    return subprocess.run([sys.executable, "-m", "incq", *map(str, args)], capture_output=True, text=True,
+                          preexec_fn=limit if limit_file_bytes else None)
+
+
+def ok(*args):
+    out = run(*args)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def fails(*args, match, **kwargs):
+    """One clear line on stderr, a non-zero exit, no traceback."""
+    out = run(*args, **kwargs)
+    assert out.returncode == 1, (out.returncode, out.stdout, out.stderr)
+    assert "Traceback" not in out.stderr and out.stderr.count("\n") == 1, out.stderr
+    assert match in out.stderr, out.stderr
+    return out.stderr
+
+
+def tensors_of(path):
+    """Every tensor of a checkpoint (bfloat16 as its bits)."""
+    out = {}
+    for file in sorted(Path(path).glob("*.safetensors")):
+        with safe_open(str(file), framework="pt") as f:
+            for name in f.keys():
+                t = f.get_tensor(name)
+                out[name] = t.view(np.int16 if False else t.dtype).numpy() if str(t.dtype) != "torch.bfloat16" \
+                    else t.view(__import__("torch").int16).numpy()
+    return out
+
+
+def fingerprint(path):
+    return {p.relative_to(path): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(Path(path).rglob("*"))
+            if p.is_file()}
+
+
+def no_leftovers(parent):
+    return not [p for p in Path(parent).iterdir() if ".incq-" in p.name]
+
+
+@pytest.fixture
+def example(tmp_path):
+    def make(fmt, shards=2, name=None):
+        path = tmp_path / (name or fmt.replace(":", "_"))
+        ok("example", path, "--format", fmt, "--shards", shards)
+        return path
+
+    return make
+
+
+def save_checkpoint(path, tensors, quant_config, shards=1):
+    """A checkpoint written with the safetensors library itself (not incq's writer)."""
+    path.mkdir(parents=True)
+    (path / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"],
+                                                  "quantization_config": quant_config}))
+    names = sorted(tensors)
+    if shards == 1:
+        save_file({n: tensors[n] for n in names}, str(path / "model.safetensors"), metadata={"format": "pt"})
+        return path
+    weight_map = {}
+    for i, chunk in enumerate(np.array_split(np.arange(len(names)), shards)):
+        file = f"model-{i + 1:05d}-of-{shards:05d}.safetensors"
+        save_file({names[j]: tensors[names[j]] for j in chunk}, str(path / file), metadata={"format": "pt"})
+        weight_map.update({names[j]: file for j in chunk})
+    (path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    return path
+
+
+# --------------------------------------------------------------------------- round trips
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("shards", [1, 3])
+def test_round_trip_gives_the_original_words(example, tmp_path, fmt, shards):
+    src = example(fmt, shards)
+    other = "gptq" if "awq" in fmt else "awq"
+    zeros = "v1" if fmt in ("auto_round:auto_gptq", "gptq") else "raw"
+    ok("convert", src, tmp_path / "mid", "--to", other, "--quiet")
+    back = ["--to", "gptq", "--zeros", zeros] if other == "awq" else ["--to", "awq"]
+    ok("convert", tmp_path / "mid", tmp_path / "back", *back, "--quiet")
+    original, again = tensors_of(src), tensors_of(tmp_path / "back")
+    assert list(original) == list(again)
+    for name in original:
+        np.testing.assert_array_equal(again[name], original[name], strict=True, err_msg=name)
+    assert "all 6 layers identical" in ok("verify", tmp_path / "mid", "--against", src)
+    assert "all 6 layers identical" in ok("verify", tmp_path / "mid")
+    mid_config = json.loads((tmp_path / "mid" / "config.json").read_text())["quantization_config"]
+    assert json.loads((tmp_path / "mid" / "quantization_config.json").read_text()) == mid_config
+    assert incq.config_kwargs(mid_config)["packing"] == other
+    if shards > 1:
+        index = json.loads((tmp_path / "mid" / "model.safetensors.index.json").read_text())
+        assert set(index["weight_map"]) == set(tensors_of(tmp_path / "mid"))
+
+
+def test_awq_to_gptq_words_equal_incq_functions(example, tmp_path):
+    src = example("auto_round:auto_awq")
+    ok("convert", src, tmp_path / "gptq", "--to", "gptq", "--zeros", "raw")
+    before, after = tensors_of(src), tensors_of(tmp_path / "gptq")
+    name = "model.layers.0.mlp.down_proj"
+    np.testing.assert_array_equal(after[f"{name}.qweight"], incq.awq_to_gptq(before[f"{name}.qweight"]), strict=True)
+    np.testing.assert_array_equal(after[f"{name}.qzeros"], incq.awq_zeros_to_gptq(before[f"{name}.qzeros"]), strict=True)
+    np.testing.assert_array_equal(after["model.embed_tokens.weight"], before["model.embed_tokens.weight"], strict=True)
+
+
+def test_workers_write_the_same_bytes(example, tmp_path):
+    src = example("gptq", shards=3)
+    ok("convert", src, tmp_path / "one", "--to", "awq")
+    ok("convert", src, tmp_path / "two", "--to", "awq", "--workers", "3")
+    assert fingerprint(tmp_path / "one") == fingerprint(tmp_path / "two")
+
+
+def test_force_replaces_an_existing_destination(example, tmp_path):
+    src = example("awq")
+    (tmp_path / "dst").mkdir()
+    (tmp_path / "dst" / "stale.txt").write_text("old")
+    fails("convert", src, tmp_path / "dst", "--to", "gptq", match="exists (pass --force")
+    ok("convert", src, tmp_path / "dst", "--to", "gptq", "--force")
+    assert not (tmp_path / "dst" / "stale.txt").exists() and no_leftovers(tmp_path)
+
+
+@pytest.mark.parametrize("export", sorted(p.stem for p in FIXTURES.glob("w4_*.npz")))
+def test_real_autoround_exports_convert_losslessly(tmp_path, export):
+    manifest = {e["name"]: e for e in json.loads((FIXTURES / "manifest.json").read_text())}[export]
+    data = np.load(FIXTURES / f"{export}.npz")
+    tensors = {k.replace("/", "."): v for k, v in data.items()}
+    src = save_checkpoint(tmp_path / "src", tensors, manifest["quantization_config"], shards=2)
+    target = "gptq" if manifest["format"].endswith("awq") else "awq"
+    zero_points = {name: incq.unpack_zeros(v, 4, packing="awq" if target == "gptq" else "gptq",
+                                           zero_offset=incq.config_kwargs(manifest["quantization_config"])["zero_offset"])
+                   for name, v in tensors.items() if name.endswith(".qzeros")}
+    has_zero = any((z == 0).any() for z in zero_points.values())
+    if target == "gptq" and has_zero:
+        fails("convert", src, tmp_path / "v1", "--to", "gptq", match="zero point(s) of 0 cannot be stored as v1")
+        assert not (tmp_path / "v1").exists()
+    args = ["--to", target] + (["--zeros", "raw"] if target == "gptq" else [])
+    ok("convert", src, tmp_path / "dst", *args)
+    assert "identical" in ok("verify", tmp_path / "dst", "--against", src)
+    report = json.loads(ok("inspect", tmp_path / "dst", "--json"))
+    assert report["packing"] == target and report["quantized_layers"] == len(manifest["layers"])
+
+
+# --------------------------------------------------------------------------- refusals
+
+
+def test_refusals_leave_src_untouched_and_dst_absent(example, tmp_path):
+    src = example("auto_round:auto_gptq")
+    before = fingerprint(src)
+    fails("convert", src, src, "--to", "awq", match="is SRC")
+    fails("convert", src, src / "inner", "--to", "awq", match="inside SRC")
+    fails("convert", src, tmp_path / "missing-parent" / "dst", "--to", "awq", match="no such directory")
+    assert fingerprint(src) == before and not (src / "inner").exists() and no_leftovers(tmp_path)
+
+
+def quantized_layer(bits, packing="gptq", zero_offset=1, act_order=False, k=256, n=64):
+    rng = np.random.default_rng(bits)
+    w = (rng.standard_normal((k, n)) * 0.05).astype(np.float16)
+    qweight, scales, qzeros, g_idx = incq.quantize(w, bits=bits, group_size=32, sym=False, packing=packing,
+                                                   zero_offset=zero_offset)
+    layer = {"x.qweight": qweight, "x.scales": scales, "x.qzeros": qzeros}
+    if act_order:
+        layer["x.g_idx"] = g_idx[rng.permutation(k)].copy()
+    return layer
+
+
+def gptq_config(bits, **extra):
+    return {"quant_method": "gptq", "bits": bits, "group_size": 32, "sym": False, "checkpoint_format": "gptq", **extra}
+
+
+def test_3bit_and_act_order_to_awq_are_refused_by_layer(tmp_path):
+    three = save_checkpoint(tmp_path / "three", quantized_layer(3), gptq_config(3))
+    fails("convert", three, tmp_path / "a", "--to", "awq", match="x: 3-bit weights cannot be stored in AWQ")
+    act = save_checkpoint(tmp_path / "act", quantized_layer(4, act_order=True), gptq_config(4, desc_act=True))
+    before = fingerprint(act)
+    fails("convert", act, tmp_path / "b", "--to", "awq", match="x: act-order")
+    assert fingerprint(act) == before and not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    ok("convert", act, tmp_path / "c", "--to", "gptq", "--zeros", "raw")  # act-order stays GPTQ: fine
+    assert "identical" in ok("verify", tmp_path / "c", "--against", act)
+
+
+def test_zero_point_of_zero_refused_under_v1_unless_raw(tmp_path):
+    layer = quantized_layer(4, packing="awq", zero_offset=0)
+    z = incq.unpack_zeros(layer["x.qzeros"], 4, packing="awq")
+    z[0, 3] = 0
+    layer["x.qzeros"] = incq.pack_zeros(z, 4, packing="awq")
+    src = save_checkpoint(tmp_path / "src", layer, {"quant_method": "awq", "w_bit": 4, "q_group_size": 32,
+                                                    "zero_point": True, "version": "gemm"})
+    fails("convert", src, tmp_path / "v1", "--to", "gptq", match="x: 1 zero point(s) of 0 cannot be stored as v1")
+    ok("convert", src, tmp_path / "raw", "--to", "gptq", "--zeros", "raw")
+    assert "identical" in ok("verify", tmp_path / "raw", "--against", src)
+    config = json.loads((tmp_path / "raw" / "config.json").read_text())["quantization_config"]
+    assert config["quant_method"] == "gptq" and config["checkpoint_format"] == "gptq_v2"
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def test_bad_input_gets_one_line_and_nothing_is_left(example, tmp_path):
+    fails("inspect", tmp_path / "nowhere", match="no such checkpoint directory")
+    src = example("gptq", shards=2, name="good")
+    broken = tmp_path / "broken"
+    ok("convert", src, broken, "--to", "gptq", "--zeros", "v1")  # an identical copy to damage
+    first = sorted(broken.glob("*.safetensors"))[0]
+    data = first.read_bytes()
+    first.write_bytes(data[: len(data) // 2])  # truncated
+    fails("convert", broken, tmp_path / "out", "--to", "awq", match="not a readable safetensors file")
+    first.write_bytes(b"\xff" * 16)  # corrupt header
+    fails("inspect", broken, match="not a readable safetensors file")
+    assert not (tmp_path / "out").exists() and no_leftovers(tmp_path)
+
+
+def test_missing_and_inconsistent_tensors(tmp_path):
+    layer = quantized_layer(4)
+    no_scales = save_checkpoint(tmp_path / "a", {k: v for k, v in layer.items() if k != "x.scales"}, gptq_config(4))
+    fails("inspect", no_scales, match="x has a qweight but no scales")
+    bad_shape = save_checkpoint(tmp_path / "b", {**layer, "x.scales": layer["x.scales"][:, :8]}, gptq_config(4))
+    fails("convert", bad_shape, tmp_path / "o", "--to", "awq", match="x.scales has shape (8, 8)")
+    sharded = save_checkpoint(tmp_path / "c", layer, gptq_config(4), shards=2)
+    index = json.loads((sharded / "model.safetensors.index.json").read_text())
+    index["weight_map"]["x.extra"] = index["weight_map"]["x.qweight"]
+    (sharded / "model.safetensors.index.json").write_text(json.dumps(index))
+    fails("inspect", sharded, match="tensor x.extra is not in")
+    unknown = save_checkpoint(tmp_path / "d", layer, {"quant_method": "auto-round", "packing_format": "auto_round:exl2",
+                                                      "bits": 4, "group_size": 32})
+    fails("inspect", unknown, match="packing_format")
+
+
+def test_full_disk_leaves_nothing_behind(example, tmp_path):
+    src = example("auto_round:auto_awq", shards=1)
+    before = fingerprint(src)
+    err = fails("convert", src, tmp_path / "dst", "--to", "gptq", limit_file_bytes=200_000, match="disk full")
+    assert "nothing was written" in err
+    assert not (tmp_path / "dst").exists() and no_leftovers(tmp_path) and fingerprint(src) == before
+
+
+# --------------------------------------------------------------------------- inspect, verify, bench
+
+
+def test_inspect_flags_raw_zeros_in_a_v1_checkpoint_and_bad_scales(tmp_path):
+    rng = np.random.default_rng(0)
+    w = (rng.standard_normal((256, 64)) * 0.05).astype(np.float16)
+    qweight, scales, qzeros, _ = incq.quantize(w, bits=4, group_size=32, sym=True, zero_offset=0)  # raw 0x88888888
+    scales = scales.copy()
+    scales[1, 2] = np.inf
+    src = save_checkpoint(tmp_path / "src", {"x.qweight": qweight, "x.scales": scales, "x.qzeros": qzeros},
+                          {"quant_method": "gptq", "bits": 4, "group_size": 32, "sym": True, "checkpoint_format": "gptq"})
+    report = json.loads(ok("inspect", src, "--json"))
+    assert report["zero_points"].startswith("v1") and len(report["anomalies"]) == 2
+    assert any("declared v1 (stored z - 1) but holds raw zero points" in a for a in report["anomalies"])
+    assert any("1 non-finite scale" in a for a in report["anomalies"])
+    text = ok("inspect", src)
+    assert "anomalies: 2" in text
+    out = run("verify", src)
+    assert out.returncode == 1 and "MISMATCH" in out.stdout  # an infinite scale dequantizes to inf
+
+
+def test_inspect_reports_per_layer_overrides(tmp_path):
+    layers = {**quantized_layer(4), **{k.replace("x.", "y."): v for k, v in quantized_layer(8).items()}}
+    src = save_checkpoint(tmp_path / "src", layers, {"quant_method": "auto-round", "bits": 4, "group_size": 32,
+                                                     "sym": False, "packing_format": "auto_round:auto_gptq",
+                                                     "extra_config": {"y": {"bits": 8}}})
+    report = json.loads(ok("inspect", src, "--json"))
+    assert report["quantized_layers"] == 2 and len(report["overrides"]) == 1 and report["overrides"][0].startswith("y:")
+
+
+def test_verify_against_a_different_checkpoint_fails(example):
+    a, b = example("gptq", name="a"), example("gptq_v2", name="b")
+    assert "identical" in ok("verify", a, "--against", b)  # same weights, other zero convention
+    c = example("gptq", name="c")
+    tensors = tensors_of(c)
+    name = "model.layers.0.mlp.up_proj.scales"
+    file = json.loads((c / "model.safetensors.index.json").read_text())["weight_map"][name]
+    with safe_open(str(c / file), framework="numpy") as f:
+        content = {k: f.get_tensor(k) for k in f.keys()}
+    content[name] = tensors[name] * np.float16(2)
+    save_file(content, str(c / file), metadata={"format": "pt"})
+    out = run("verify", a, "--against", c)
+    assert out.returncode == 1 and "up_proj" in out.stdout and "MISMATCH" in out.stdout
+
+
+def test_bench_quick_runs():
+    out = ok("bench", "--quick")
+    assert "awq_to_gptq" in out and "w4a16_matmul" in out
