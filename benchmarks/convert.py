@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -102,6 +103,7 @@ def main(argv=None) -> None:
     parser.add_argument("--layers", type=int, default=9, help="decoder layers (9: about 1 GB)")
     parser.add_argument("--shards", type=int, default=8)
     parser.add_argument("--dir", default=None, help="where to write (default: a temporary directory)")
+    parser.add_argument("--reps", type=int, default=3, help="runs of each; medians (peak memory: the largest)")
     args = parser.parse_args(argv)
     root = Path(args.dir or tempfile.mkdtemp(prefix="incq-convert-bench-"))
     try:
@@ -109,26 +111,36 @@ def main(argv=None) -> None:
         size = generate(src, args.layers, args.shards)
         largest = max(np.prod(shape) * (2 if dtype == "F16" else 4)
                       for dtype, shape in (v for v in _shapes(src).values()))
-        print(f"checkpoint: {size / 1e9:.2f} GB in {args.shards} shards, largest tensor {largest / 1e6:.1f} MB")
-        t0 = time.perf_counter()
-        shutil.copytree(src, root / "copy")
-        plain_s = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        synced_copy(src, root / "synced")
-        copy_s = time.perf_counter() - t0
-        shutil.rmtree(root / "copy")
-        shutil.rmtree(root / "synced")
+        print(f"checkpoint: {size / 1e9:.2f} GB in {args.shards} shards, largest tensor {largest / 1e6:.1f} MB; "
+              f"medians of {args.reps} runs, each after os.sync()")
+        plain, synced = [], []
+        for _ in range(args.reps):
+            os.sync()  # no earlier writes left to flush inside a timed run
+            t0 = time.perf_counter()
+            shutil.copytree(src, root / "copy")
+            plain.append(time.perf_counter() - t0)
+            os.sync()
+            t0 = time.perf_counter()
+            synced_copy(src, root / "synced")
+            synced.append(time.perf_counter() - t0)
+            shutil.rmtree(root / "copy")
+            shutil.rmtree(root / "synced")
+        plain_s, copy_s = statistics.median(plain), statistics.median(synced)
         print(f"{'run':<38}{'s':>7}{'MB/s':>8}{'x copy':>8}{'peak RSS MB':>13}{'after import':>14}{'held':>7}")
         print(f"{'copytree (page cache, no fsync)':<38}{plain_s:7.2f}{size / plain_s / 1e6:8.0f}{plain_s / copy_s:8.2f}")
         print(f"{'copytree + fsync (the baseline)':<38}{copy_s:7.2f}{size / copy_s / 1e6:8.0f}{1.0:8.2f}")
         for label, extra in (("incq convert --to gptq", []), ("incq convert --to gptq --workers 2", ["--workers", "2"])):
             dst = root / f"dst{len(extra)}"
-            seconds, base, peak = probe(["convert", str(src), str(dst), "--to", "gptq", "--zeros", "raw", "--quiet",
-                                         *extra])
+            runs = []
+            for _ in range(args.reps):
+                os.sync()
+                runs.append(probe(["convert", str(src), str(dst), "--to", "gptq", "--zeros", "raw", "--quiet", *extra]))
+                shutil.rmtree(dst)
+            seconds = statistics.median(r[0] for r in runs)
+            base, peak = max(r[1] for r in runs), max(r[2] for r in runs)
             note = "  (main process; each worker converts one shard)" if extra else ""
             print(f"{label:<38}{seconds:7.2f}{size / seconds / 1e6:8.0f}{seconds / copy_s:8.2f}{peak:13.0f}"
                   f"{base:14.0f}{peak - base:7.0f}{note}")
-            shutil.rmtree(dst)
     finally:
         if args.dir is None:
             shutil.rmtree(root, ignore_errors=True)

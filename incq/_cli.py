@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import errno
 import json
+import multiprocessing
 import os
 import shutil
 import sys
@@ -169,7 +170,9 @@ def _convert_all(ckpt, plan: dict, tmp: Path, workers: int, quiet: bool) -> None
             for file in files:
                 _convert_file(str(ckpt.path / file), str(tmp / file), plan[file], metadata[file], bar.update)
         return
-    with _progress(len(files), "file", quiet) as bar, ProcessPoolExecutor(max_workers=workers) as pool:
+    # fresh interpreters: a worker forked from a process whose torch thread pool is running can stall
+    context = multiprocessing.get_context("spawn")
+    with _progress(len(files), "file", quiet) as bar, ProcessPoolExecutor(workers, mp_context=context) as pool:
         futures = [pool.submit(_convert_file, str(ckpt.path / f), str(tmp / f), plan[f], metadata[f]) for f in files]
         for future in futures:
             future.result()
