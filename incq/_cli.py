@@ -172,11 +172,20 @@ def _convert_all(ckpt, plan: dict, tmp: Path, workers: int, quiet: bool) -> None
         return
     # fresh interpreters: a worker forked from a process whose torch thread pool is running can stall
     context = multiprocessing.get_context("spawn")
-    with _progress(len(files), "file", quiet) as bar, ProcessPoolExecutor(workers, mp_context=context) as pool:
+    threads = max(1, (os.cpu_count() or 1) // workers)  # workers x threads <= cores: no oversubscription
+    with _progress(len(files), "file", quiet) as bar, ProcessPoolExecutor(
+        workers, mp_context=context, initializer=_worker_init, initargs=(threads,)
+    ) as pool:
         futures = [pool.submit(_convert_file, str(ckpt.path / f), str(tmp / f), plan[f], metadata[f]) for f in files]
         for future in futures:
             future.result()
             bar.update()
+
+
+def _worker_init(threads: int) -> None:
+    torch = ck.torch_or_none()
+    if torch is not None:
+        torch.set_num_threads(threads)
 
 
 def _write_index(ckpt, plan: dict, tmp: Path) -> None:
