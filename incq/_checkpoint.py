@@ -177,9 +177,10 @@ def expected_shapes(kwargs: dict, k: int, n: int) -> dict[str, tuple[int, ...]]:
     return {"scales": (groups, n), "qzeros": zeros, "g_idx": (k,)}
 
 
-def find_layers(ckpt: Checkpoint) -> list[Layer]:
+def find_layers(ckpt: Checkpoint, problems: list | None = None) -> list[Layer]:
     """Every quantized layer (a ``<prefix>.qweight`` tensor), with its keyword arguments; shapes
-    are checked against the config."""
+    are checked against the config. A shape that contradicts it raises, or, when ``problems``
+    is a list, is appended to it and the layer left out."""
     layers = []
     sym = is_sym(ckpt.quant_config)
     for name in ckpt.tensors:
@@ -202,14 +203,17 @@ def find_layers(ckpt: Checkpoint) -> list[Layer]:
         g = kwargs["group_size"]
         if g != -1 and (g < 1 or k % g):
             raise CheckpointError(f"{ckpt.path}: {prefix}: group_size {g} does not divide K = {k}")
-        for t, shape in expected_shapes(kwargs, k, n).items():
-            if t in tensors and ckpt.tensors[tensors[t]].shape != shape:
-                raise CheckpointError(
-                    f"{ckpt.path}: {tensors[t]} has shape {ckpt.tensors[tensors[t]].shape}, the config "
-                    f"({kwargs['bits']}-bit, group_size {g}, {kwargs['packing']}) and qweight {qweight.shape} say {shape}"
-                )
+        wrong = [f"{tensors[t]} has shape {ckpt.tensors[tensors[t]].shape}, the config ({kwargs['bits']}-bit, "
+                 f"group_size {g}, {kwargs['packing']}) and qweight {qweight.shape} say {shape}"
+                 for t, shape in expected_shapes(kwargs, k, n).items()
+                 if t in tensors and ckpt.tensors[tensors[t]].shape != shape]
+        if wrong and problems is None:
+            raise CheckpointError(f"{ckpt.path}: {wrong[0]}")
+        if wrong:
+            problems.extend(wrong)
+            continue
         layers.append(Layer(prefix, kwargs, sym, k, n, tensors))
-    if not layers:
+    if not layers and not problems:
         raise CheckpointError(f"{ckpt.path}: no quantized layers (no tensor ends in .qweight)")
     return layers
 

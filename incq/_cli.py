@@ -35,11 +35,12 @@ def _overrides(ckpt, layers) -> list[str]:
 
 def inspect(path, as_json: bool) -> int:
     ckpt = ck.open_checkpoint(path)
-    layers = ck.find_layers(ckpt)
+    found: list[str] = []  # shapes that contradict the config first, then what the values show
+    layers = ck.find_layers(ckpt, problems=found)
     from ._config import config_kwargs
 
     base = config_kwargs(ckpt.quant_config)
-    found = [a for layer in layers for a in ck.anomalies(ckpt, layer)]
+    found += [a for layer in layers for a in ck.anomalies(ckpt, layer)]
     report = {
         "path": str(ckpt.path),
         "format": ck.describe_format(ckpt.quant_config),
@@ -51,7 +52,7 @@ def inspect(path, as_json: bool) -> int:
         "zero_points": "v1 (stored z - 1)" if base["zero_offset"] else "raw (stored z)",
         "files": list(ckpt.files),
         "tensors": len(ckpt.tensors),
-        "quantized_layers": len(layers),
+        "quantized_layers": sum(name.endswith(".qweight") for name in ckpt.tensors),
         "layers": [{"name": layer.prefix, "K": layer.k, "N": layer.n, **layer.kwargs} for layer in layers],
         "overrides": _overrides(ckpt, layers),
         "anomalies": found,
@@ -63,7 +64,7 @@ def inspect(path, as_json: bool) -> int:
     print(f"  {report['bits']}-bit, group_size {report['group_size']}, "
           f"{'symmetric' if report['symmetric'] else 'asymmetric'}, {report['packing']} packing, "
           f"zero points {report['zero_points']}")
-    print(f"  {report['tensors']} tensors in {len(ckpt.files)} file(s); {len(layers)} quantized layers")
+    print(f"  {report['tensors']} tensors in {len(ckpt.files)} file(s); {report['quantized_layers']} quantized layers")
     shapes: dict[tuple, int] = {}
     for layer in layers:
         shapes[(layer.k, layer.n)] = shapes.get((layer.k, layer.n), 0) + 1

@@ -248,6 +248,8 @@ def test_missing_and_inconsistent_tensors(tmp_path):
     fails("inspect", no_scales, match="x has a qweight but no scales")
     bad_shape = save_checkpoint(tmp_path / "b", {**layer, "x.scales": layer["x.scales"][:, :8]}, gptq_config(4))
     fails("convert", bad_shape, tmp_path / "o", "--to", "awq", match="x.scales has shape (8, 8)")
+    report = json.loads(ok("inspect", bad_shape, "--json"))  # inspect flags it instead
+    assert any("x.scales has shape (8, 8)" in a for a in report["anomalies"])
     sharded = save_checkpoint(tmp_path / "c", layer, gptq_config(4), shards=2)
     index = json.loads((sharded / "model.safetensors.index.json").read_text())
     index["weight_map"]["x.extra"] = index["weight_map"]["x.qweight"]
