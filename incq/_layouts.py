@@ -76,6 +76,16 @@ class TorchLayout(NamedTuple):
 LAYOUTS = (XpuLayout, CpuLayout, TorchLayout)
 
 
+def _build(fn, target, qweight, scales, qzeros, g_idx, bits, group_size, packing, zero_offset):
+    """Validate, then ``incq._kernels.make_<target>_layout``, or a TorchLayout with the reason."""
+    kernels, shape = _prepare(fn, qweight, scales, qzeros, g_idx, bits, group_size, packing, zero_offset)
+    args = (qweight, scales, qzeros, g_idx, bits, shape[2], packing, zero_offset)
+    reason = getattr(kernels, f"{target}_misfit")(*args, shape)
+    if reason:
+        return _fallback(fn, reason, *args)
+    return getattr(kernels, f"make_{target}_layout")(*args, shape)
+
+
 def _prepare(fn, qweight, scales, qzeros, g_idx, bits, group_size, packing, zero_offset):
     k, n, g, groups = v.check_layer(fn, qweight, scales, qzeros, g_idx, bits, group_size, packing, zero_offset)
     for name, a in (("qweight", qweight), ("scales", scales), ("qzeros", qzeros), ("g_idx", g_idx)):
@@ -88,7 +98,7 @@ def _prepare(fn, qweight, scales, qzeros, g_idx, bits, group_size, packing, zero
 
 
 def _fallback(fn, reason, qweight, scales, qzeros, g_idx, bits, group_size, packing, zero_offset):
-    warnings.warn(f"{fn}: {reason}; w4a16_matmul will dequantize this layer", IncqWarning, stacklevel=3)
+    warnings.warn(f"{fn}: {reason}; w4a16_matmul will dequantize this layer", IncqWarning, stacklevel=4)
     return TorchLayout(qweight, scales, qzeros, g_idx, int(bits), group_size, packing, int(zero_offset), reason)
 
 
@@ -104,13 +114,7 @@ def make_xpu_layout(qweight, scales, qzeros=None, g_idx=None, *, bits=4, group_s
     ``g_idx`` the permutation that the kernel applies to x. The kernel takes 4-bit weights with
     ``group_size``, K and N multiples of 32 (vLLM's requirements); other layers fall back.
     """
-    fn = "make_xpu_layout"
-    kernels, shape = _prepare(fn, qweight, scales, qzeros, g_idx, bits, group_size, packing, zero_offset)
-    args = (qweight, scales, qzeros, g_idx, bits, shape[2], packing, zero_offset)
-    reason = kernels.xpu_misfit(*args, shape)
-    if reason:
-        return _fallback(fn, reason, *args)
-    return kernels.make_xpu_layout(*args, shape)
+    return _build("make_xpu_layout", "xpu", qweight, scales, qzeros, g_idx, bits, group_size, packing, zero_offset)
 
 
 def make_cpu_layout(qweight, scales, qzeros=None, g_idx=None, *, bits=4, group_size=128, packing="gptq",
@@ -124,13 +128,7 @@ def make_cpu_layout(qweight, scales, qzeros=None, g_idx=None, *, bits=4, group_s
     :func:`incq.w4a16_matmul` can choose, by the rows of x and their dtype, between the int4
     kernel and dequantize-then-GEMM (``specs/kernels.md``).
     """
-    fn = "make_cpu_layout"
-    kernels, shape = _prepare(fn, qweight, scales, qzeros, g_idx, bits, group_size, packing, zero_offset)
-    args = (qweight, scales, qzeros, g_idx, bits, shape[2], packing, zero_offset)
-    reason = kernels.cpu_misfit(*args, shape)
-    if reason:
-        return _fallback(fn, reason, *args)
-    return kernels.make_cpu_layout(*args, shape)
+    return _build("make_cpu_layout", "cpu", qweight, scales, qzeros, g_idx, bits, group_size, packing, zero_offset)
 
 
 def layout_shape(layout) -> tuple[int, int]:
