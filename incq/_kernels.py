@@ -163,10 +163,15 @@ def vllm_xpu_op(device: torch.device):
 
 
 def xpu_path(x2, layout: XpuLayout) -> str:
-    """Which kernel ``w4a16_matmul`` runs for an XPU layout: "vllm", "aten" or "torch"."""
-    if x2.dtype in (torch.float16, torch.bfloat16) and vllm_xpu_op(x2.device) is not None:
+    """Which kernel ``w4a16_matmul`` runs for an XPU layout: "vllm", "aten" or "torch".
+
+    Both kernels take float16 / bfloat16 activations; other dtypes dequantize in torch.
+    """
+    if x2.dtype not in (torch.float16, torch.bfloat16):
+        return "torch"
+    if vllm_xpu_op(x2.device) is not None:
         return "vllm"
-    if layout.group_size > 1 and has_kernel("aten::_weight_int4pack_mm_with_scales_and_zeros", x2.device):
+    if has_kernel("aten::_weight_int4pack_mm_with_scales_and_zeros", x2.device):
         return "aten"
     return "torch"
 

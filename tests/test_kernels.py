@@ -206,6 +206,16 @@ def test_xpu_dispatch_falls_back_to_torch_without_kernels(variant, dtype):
     assert_matmul_close(y.float().numpy(), golden64(x, layer, kwargs), str(dtype).removeprefix("torch."))
 
 
+def test_float32_on_an_xpu_layout_dequantizes_even_with_kernels(vllm_op_on_cpu, aten_op_on_cpu):
+    layer, kwargs = checkpoint("gptq", 1, False, True)
+    layout = incq.make_xpu_layout(*layer, **kwargs)
+    x = activations((3, K), torch.float32)
+    assert _kernels.xpu_path(x, layout) == "torch"
+    y = incq.w4a16_matmul(x, layout)
+    assert not vllm_op_on_cpu and not aten_op_on_cpu
+    assert_matmul_close(y.numpy(), golden64(x, layer, kwargs), "float32")
+
+
 def test_vllm_xpu_kernels_is_not_imported_for_cpu_tensors():
     layer, kwargs = checkpoint("gptq", 0, False, False)
     incq.w4a16_matmul(activations((1, K), torch.bfloat16), incq.make_xpu_layout(*layer, **kwargs))
