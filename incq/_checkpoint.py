@@ -426,6 +426,7 @@ def write_safetensors(path: Path, jobs: list[TensorJob], produce, metadata: dict
             if data.nbytes != size:
                 raise CheckpointError(f"{job.name}: produced {data.nbytes} bytes, expected {size}")
             out.write(data)
+            del data  # free this tensor before the next is read: one tensor in memory at a time
             written += size
             if on_tensor is not None:
                 on_tensor()
