@@ -32,18 +32,22 @@ def _map(result, convert):
     return convert(result)
 
 
+def to_host(a):
+    """A torch tensor as a NumPy array on the host, bfloat16 as float32 (exactly); anything
+    else unchanged."""
+    torch = sys.modules.get("torch")
+    if torch is None or not isinstance(a, torch.Tensor):
+        return a
+    a = a.detach().cpu()
+    return (a.float() if a.dtype == torch.bfloat16 else a).numpy()
+
+
 def _golden_call(name: str):
     def call(*args):
         torch = sys.modules["torch"]
         tensors = [a for a in args if isinstance(a, torch.Tensor)]
         device = tensors[0].device
         floating = next((t.dtype for t in tensors if t.is_floating_point()), None)
-
-        def to_host(a):
-            if not isinstance(a, torch.Tensor):
-                return a
-            a = a.detach().cpu()
-            return (a.float() if a.dtype == torch.bfloat16 else a).numpy()
 
         def to_device(r):
             if not isinstance(r, np.ndarray):

@@ -19,9 +19,10 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from . import _api
+from ._bridge import to_host
 from ._config import AUTOROUND_METHODS, config_kwargs
 from ._errors import IncqError
-from ._layout import values_per_block, words_per_block
+from ._layout import logical_shape, values_per_block, words_per_block
 
 CONFIG_FILES = ("config.json", "quantization_config.json", "quantize_config.json")
 INDEX_FILE = "model.safetensors.index.json"
@@ -158,15 +159,6 @@ def is_sym(quant_config: dict) -> bool:
     return bool(quant_config.get("sym", True))
 
 
-def layer_shape(kwargs: dict, qweight_shape: tuple[int, ...]) -> tuple[int, int]:
-    """(K, N) of a layer from its qweight shape."""
-    rows, cols = qweight_shape
-    if kwargs["packing"] == "awq":
-        return rows, cols * 8
-    bits = kwargs["bits"]
-    return rows * values_per_block(bits) // words_per_block(bits), cols
-
-
 def expected_shapes(kwargs: dict, k: int, n: int) -> dict[str, tuple[int, ...]]:
     bits, g = kwargs["bits"], kwargs["group_size"]
     groups = 1 if g == -1 else k // g
@@ -199,7 +191,7 @@ def find_layers(ckpt: Checkpoint, problems: list | None = None) -> list[Layer]:
         qweight = ckpt.tensors[name]
         if qweight.dtype != "I32" or len(qweight.shape) != 2:
             raise CheckpointError(f"{ckpt.path}: {name} must be a 2-d int32 tensor, got {qweight.dtype} {qweight.shape}")
-        k, n = layer_shape(kwargs, qweight.shape)
+        k, n = logical_shape(qweight.shape, kwargs["bits"], kwargs["packing"])
         g = kwargs["group_size"]
         if g != -1 and (g < 1 or k % g):
             raise CheckpointError(f"{ckpt.path}: {prefix}: group_size {g} does not divide K = {k}")
@@ -224,15 +216,9 @@ def layer_arrays(ckpt: Checkpoint, layer: Layer) -> tuple:
                  for t in ("qweight", "scales", "qzeros", "g_idx"))
 
 
-def _as_numpy(x):
-    if x is None or isinstance(x, np.ndarray):
-        return x
-    return (x.float() if str(x.dtype) == "torch.bfloat16" else x).numpy()
-
-
 def trivial_g_idx(g_idx, k: int, group_size: int) -> bool:
     g = k if group_size == -1 else group_size
-    return bool(np.array_equal(_as_numpy(g_idx).astype(np.int64), np.arange(k) // g))
+    return bool(np.array_equal(to_host(g_idx).astype(np.int64), np.arange(k) // g))
 
 
 # --------------------------------------------------------------------------- inspect
@@ -243,12 +229,12 @@ def anomalies(ckpt: Checkpoint, layer: Layer) -> list[str]:
     found = []
     kw = layer.kwargs
     bits, packing, zero_offset = kw["bits"], kw["packing"], kw["zero_offset"]
-    scales = _as_numpy(read_tensor(ckpt, layer.tensors["scales"]))
+    scales = to_host(read_tensor(ckpt, layer.tensors["scales"]))
     bad = int(np.count_nonzero(~np.isfinite(scales)))
     if bad:
         found.append(f"{layer.prefix}: {bad} non-finite scale(s)")
     if "qzeros" in layer.tensors and packing == "gptq":
-        qzeros = _as_numpy(read_tensor(ckpt, layer.tensors["qzeros"]))
+        qzeros = to_host(read_tensor(ckpt, layer.tensors["qzeros"]))
         as_v1 = _api.unpack_zeros(qzeros, bits, zero_offset=1)
         as_raw = _api.unpack_zeros(qzeros, bits, zero_offset=0)
         mid = 1 << (bits - 1)
@@ -263,7 +249,7 @@ def anomalies(ckpt: Checkpoint, layer: Layer) -> list[str]:
             if zeros:
                 found.append(f"{layer.prefix}: {zeros} zero point(s) of 0 under v1, which readers decode differently")
     if "g_idx" in layer.tensors:
-        g_idx = _as_numpy(read_tensor(ckpt, layer.tensors["g_idx"])).astype(np.int64)
+        g_idx = to_host(read_tensor(ckpt, layer.tensors["g_idx"])).astype(np.int64)
         groups = expected_shapes(kw, layer.k, layer.n)["scales"][0]
         if g_idx.size and (g_idx.min() < 0 or g_idx.max() >= groups):
             found.append(f"{layer.prefix}: g_idx holds groups outside [0, {groups - 1}]")
@@ -331,7 +317,7 @@ def plan_conversion(ckpt: Checkpoint, layers: list[Layer], to: str, zero_offset:
                 raise CheckpointError(f"{layer.prefix}: act-order (a g_idx that is not k // group_size) cannot be "
                                       "stored in AWQ, which has no g_idx")
         if dst == ("gptq", 1) and "qzeros" in layer.tensors:
-            qzeros = _as_numpy(read_tensor(ckpt, layer.tensors["qzeros"]))
+            qzeros = to_host(read_tensor(ckpt, layer.tensors["qzeros"]))
             z = _api.unpack_zeros(qzeros, kw["bits"], packing=kw["packing"], zero_offset=kw["zero_offset"])
             zeros = int(np.count_nonzero(z == 0))
             if zeros:
@@ -385,12 +371,8 @@ def run_job(job: TensorJob, data):
     groups, words = job.shape
     mid = 1 << (bits - 1)
     full = np.full((groups, words * 8), mid, dtype=np.uint8)
-    zeros = full if isinstance(data, np.ndarray) else _torch_from_numpy(full)
+    zeros = full if isinstance(data, np.ndarray) else torch_or_none().from_numpy(full)
     return _api.pack_zeros(zeros, bits, packing=dst_packing, zero_offset=dst_offset)
-
-
-def _torch_from_numpy(a):
-    return torch_or_none().from_numpy(a)
 
 
 def tensor_bytes(data) -> memoryview:

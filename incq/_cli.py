@@ -26,10 +26,8 @@ from ._errors import IncqError
 # --------------------------------------------------------------------------- inspect
 
 
-def _overrides(ckpt, layers) -> list[str]:
-    from ._config import config_kwargs
-
-    base = config_kwargs(ckpt.quant_config)
+def _overrides(layers, base: dict) -> list[str]:
+    """The layers whose keyword arguments differ from the checkpoint-wide ones."""
     return [f"{layer.prefix}: {layer.kwargs}" for layer in layers if layer.kwargs != base]
 
 
@@ -54,7 +52,7 @@ def inspect(path, as_json: bool) -> int:
         "tensors": len(ckpt.tensors),
         "quantized_layers": sum(name.endswith(".qweight") for name in ckpt.tensors),
         "layers": [{"name": layer.prefix, "K": layer.k, "N": layer.n, **layer.kwargs} for layer in layers],
-        "overrides": _overrides(ckpt, layers),
+        "overrides": _overrides(layers, base),
         "anomalies": found,
     }
     if as_json:
@@ -105,7 +103,7 @@ def _check_destination(src: Path, dst: Path, force: bool) -> None:
         raise ck.CheckpointError(f"{dst.parent}: no such directory")
 
 
-def _write_configs(src: Path, tmp: Path, ckpt, new_config: dict) -> None:
+def _write_configs(src: Path, tmp: Path, new_config: dict) -> None:
     """The new quantization config into config.json (when present), quantization_config.json and,
     when the source had one, quantize_config.json."""
     config = src / "config.json"
@@ -136,7 +134,7 @@ def convert(src, dst, to: str, zeros: str, force: bool, workers: int, quiet: boo
                 shutil.copytree(item, tmp / item.name, symlinks=True)
             else:
                 shutil.copy2(item, tmp / item.name)
-        _write_configs(src, tmp, ckpt, new_config)
+        _write_configs(src, tmp, new_config)
         _convert_all(ckpt, plan, tmp, workers, quiet)
         if ckpt.index is not None:
             _write_index(ckpt, plan, tmp)
@@ -210,7 +208,7 @@ def _dequantize(arrays, kwargs, backend=None):
 
 
 def _max_diff(a, b) -> float:
-    a, b = ck._as_numpy(a).astype(np.float64), ck._as_numpy(b).astype(np.float64)
+    a, b = ck.to_host(a).astype(np.float64), ck.to_host(b).astype(np.float64)
     return float(np.abs(a - b).max()) if a.size else 0.0
 
 
@@ -267,7 +265,7 @@ def _verify_layer(ckpt, layer, other, torch):
     else:
         first, second = _dequantize(arrays, layer.kwargs, backend="numpy"), _dequantize(arrays, layer.kwargs)
     diff = _max_diff(first, second)
-    same = diff == 0.0 and ck._as_numpy(first).dtype == ck._as_numpy(second).dtype
+    same = diff == 0.0 and ck.to_host(first).dtype == ck.to_host(second).dtype
     return same, diff
 
 

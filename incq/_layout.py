@@ -29,3 +29,11 @@ def v1_offset_block(bits: int, sign: int) -> tuple[int, ...]:
     ones = sum(1 << (bits * j) for j in range(values_per_block(bits)))
     block = ones if sign > 0 else -ones % (1 << (32 * k))
     return tuple((block >> (32 * i)) & 0xFFFFFFFF for i in range(k))
+
+
+def logical_shape(qweight_shape: tuple[int, ...], bits: int, packing: str) -> tuple[int, int]:
+    """(K, N) of the weight a 2-d qweight packs: AWQ ``[K, N/8]``, GPTQ ``[K * bits / 32, N]``."""
+    rows, cols = qweight_shape
+    if packing == "awq":
+        return rows, cols * 8
+    return rows * values_per_block(bits) // words_per_block(bits), cols

@@ -12,6 +12,7 @@ from typing import Any, NamedTuple, Optional
 
 from . import _validate as v
 from ._errors import IncqWarning
+from ._layout import logical_shape
 
 
 class XpuLayout(NamedTuple):
@@ -133,16 +134,9 @@ def make_cpu_layout(qweight, scales, qzeros=None, g_idx=None, *, bits=4, group_s
 
 def layout_shape(layout) -> tuple[int, int]:
     """(K, N) of a prepared layout."""
-    if isinstance(layout, XpuLayout):
-        return layout.qweight.shape[0] * 8, layout.qweight.shape[1]
-    if isinstance(layout, CpuLayout):
-        return layout.qweight.shape[0] * 8, layout.qweight.shape[1]
-    q = layout.qweight
-    if layout.packing == "awq":
-        return q.shape[0], q.shape[1] * 8
-    per = 32 if layout.bits == 3 else 32 // layout.bits
-    words = 3 if layout.bits == 3 else 1
-    return q.shape[0] * per // words, q.shape[1]
+    if isinstance(layout, TorchLayout):
+        return logical_shape(tuple(layout.qweight.shape), layout.bits, layout.packing)
+    return logical_shape(tuple(layout.qweight.shape), 4, "gptq")  # XPU and CPU layouts hold GPTQ words
 
 
 def matmul_with_layout(fn, x, layout, bias):

@@ -28,7 +28,7 @@ import math
 
 import torch
 
-from ._layout import AWQ_ORDER, AWQ_REVERSE_ORDER, v1_offset_block, values_per_block, words_per_block
+from ._layout import AWQ_ORDER, AWQ_REVERSE_ORDER, logical_shape, v1_offset_block, values_per_block, words_per_block
 
 _LOW32 = 0xFFFFFFFF
 #: (distance in words, shift in bits, mask of the low part) of the three nibble exchanges
@@ -338,8 +338,7 @@ def _dequantize(qweight, scales, qzeros, g_idx, bits, group_size, packing, zero_
         q = unpack_weight(qweight, bits, packing)
         rows = g_idx.to(torch.int64) if g_idx is not None else torch.arange(q.shape[0], device=q.device) // group_size
         return ((q.to(compute) - z[rows]) * s[rows]).to(out_dtype)
-    k = qweight.shape[0] if packing == "awq" else qweight.shape[0] * values_per_block(bits) // words_per_block(bits)
-    n = scales.shape[1]
+    k, n = logical_shape(tuple(qweight.shape), bits, packing)
     out = torch.empty((k, n), dtype=out_dtype, device=qweight.device)
     step = _dequantize_rows(k, n, group_size, bits, packing, qweight.device)
     for r0 in range(0, k, step):

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from ._errors import IncqError
-from ._layout import values_per_block, words_per_block
+from ._layout import logical_shape, values_per_block, words_per_block
 
 SUPPORTED_BITS = (2, 3, 4, 8)
 ORDERS = ("sequential", "awq")
@@ -235,9 +235,7 @@ def check_layer(fn, qweight, scales, qzeros, g_idx, bits, group_size, packing, z
     values, words = values_per_block(bits), words_per_block(bits)
     if packing == "gptq":
         check_divisible(fn, "qweight", qweight, 0, words, f"rows (K * {bits} / 32)")
-        k, n = qweight.shape[0] * values // words, qweight.shape[1]
-    else:
-        k, n = qweight.shape[0], qweight.shape[1] * 8
+    k, n = logical_shape(tuple(qweight.shape), bits, packing)
     g = check_group_size(fn, group_size, k)
     groups = k // g
     scales = check_float(fn, "scales", scales, ndim=2)
