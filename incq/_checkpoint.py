@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from . import _api
+from . import _api, _fs
 from ._bridge import to_host
 from ._config import AUTOROUND_METHODS, config_kwargs
 from ._errors import IncqError
@@ -34,8 +34,10 @@ NUMPY_DTYPES = {
 }
 
 
-class CheckpointError(IncqError):
-    """A checkpoint that cannot be read, converted or written as asked."""
+CheckpointError = _fs.CheckpointError
+#: dtypes a layer's tensors may have
+SCALE_DTYPES = ("F16", "BF16", "F32")
+INDEX_DTYPES = ("I32", "I64")
 
 
 class TensorInfo(NamedTuple):
@@ -78,18 +80,22 @@ def _safe_open(path: Path):
 
 def _read_json(path: Path) -> Any:
     try:
-        return json.loads(path.read_text())
+        with _fs.read_only(path) as f:
+            return json.loads(f.read().decode("utf-8"))
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+    except UnicodeDecodeError as e:
+        raise CheckpointError(f"{path}: not UTF-8 text ({e})") from None
+    except RecursionError:
+        raise CheckpointError(f"{path}: JSON nested too deeply to read") from None
 
 
-def find_quant_config(path: Path) -> tuple[str, dict]:
+def find_quant_config(path: Path, follow_symlinks: bool = False) -> tuple[str, dict]:
     """(file name, quantization config) from config.json, quantization_config.json or quantize_config.json."""
     for name in CONFIG_FILES:
-        file = path / name
-        if not file.is_file():
+        if not (path / name).is_file():
             continue
-        data = _read_json(file)
+        data = _read_json(_fs.confine(path, name, str(path), follow_symlinks))
         if name == "config.json":
             if isinstance(data, dict) and isinstance(data.get("quantization_config"), dict):
                 return name, data["quantization_config"]
@@ -99,33 +105,44 @@ def find_quant_config(path: Path) -> tuple[str, dict]:
     raise CheckpointError(f"{path}: no quantization config (looked for {', '.join(CONFIG_FILES)})")
 
 
-def open_checkpoint(path) -> Checkpoint:
-    """Read a checkpoint directory's quantization config and safetensors headers (no tensor data)."""
+def open_checkpoint(path, follow_symlinks: bool = False) -> Checkpoint:
+    """Read a checkpoint directory's quantization config and safetensors headers (no tensor data).
+
+    Every file it names is confined to the directory (``incq._fs.confine``); with
+    ``follow_symlinks`` a symlink inside it may point to a regular file elsewhere."""
     path = Path(path)
     if not path.is_dir():
         raise CheckpointError(f"{path}: no such checkpoint directory")
-    config_file, quant_config = find_quant_config(path)
+    path = path.resolve()
+    config_file, quant_config = find_quant_config(path, follow_symlinks)
     index = None
     if (path / INDEX_FILE).is_file():
-        index = _read_json(path / INDEX_FILE)
+        index = _read_json(_fs.confine(path, INDEX_FILE, str(path), follow_symlinks))
         weight_map = index.get("weight_map") if isinstance(index, dict) else None
         if not isinstance(weight_map, dict) or not weight_map:
             raise CheckpointError(f"{path / INDEX_FILE}: no weight_map")
+        for name, file in weight_map.items():
+            if not isinstance(file, str):
+                raise CheckpointError(f"{path / INDEX_FILE}: weight_map[{name!r}] must be a file name, got {file!r}")
         files = tuple(dict.fromkeys(weight_map.values()))
+        where = f"{path / INDEX_FILE} weight_map"
     else:
-        files = tuple(sorted(p.name for p in path.glob("*.safetensors")))
+        files = tuple(sorted(p.name for p in path.iterdir() if p.name.endswith(".safetensors")))
         if not files:
             raise CheckpointError(f"{path}: no .safetensors files")
+        where = str(path)
     tensors: dict[str, TensorInfo] = {}
     for file in files:
-        full = path / file
-        if not full.is_file():
-            raise CheckpointError(f"{full}: missing (named in {INDEX_FILE})")
+        full = _fs.confine(path, file, where, follow_symlinks)
         try:
             with _safe_open(full) as f:
                 for name in f.keys():
                     piece = f.get_slice(name)
+                    if name in tensors:
+                        raise CheckpointError(f"{path}: tensor {name} is in both {tensors[name].file} and {file}")
                     tensors[name] = TensorInfo(file, piece.get_dtype(), tuple(piece.get_shape()))
+        except CheckpointError:
+            raise
         except Exception as e:  # safetensors raises its own error type for bad files
             if isinstance(e, OSError):
                 raise
@@ -134,6 +151,10 @@ def open_checkpoint(path) -> Checkpoint:
         for name, file in index["weight_map"].items():
             if name not in tensors or tensors[name].file != file:
                 raise CheckpointError(f"{path / INDEX_FILE}: tensor {name} is not in {file}")
+        unlisted = sorted(set(tensors) - set(index["weight_map"]))
+        if unlisted:
+            raise CheckpointError(f"{path / INDEX_FILE}: tensor {unlisted[0]} (in {tensors[unlisted[0]].file}) "
+                                  "is not in the weight_map")
     return Checkpoint(path, config_file, quant_config, files, index, tensors)
 
 
@@ -191,6 +212,10 @@ def find_layers(ckpt: Checkpoint, problems: list | None = None) -> list[Layer]:
         qweight = ckpt.tensors[name]
         if qweight.dtype != "I32" or len(qweight.shape) != 2:
             raise CheckpointError(f"{ckpt.path}: {name} must be a 2-d int32 tensor, got {qweight.dtype} {qweight.shape}")
+        for part, allowed in (("scales", SCALE_DTYPES), ("qzeros", ("I32",)), ("g_idx", INDEX_DTYPES)):
+            if part in tensors and ckpt.tensors[tensors[part]].dtype not in allowed:
+                raise CheckpointError(f"{ckpt.path}: {tensors[part]} is {ckpt.tensors[tensors[part]].dtype}; "
+                                      f"{part} must be {' or '.join(allowed)}")
         k, n = logical_shape(qweight.shape, kwargs["bits"], kwargs["packing"])
         g = kwargs["group_size"]
         if g != -1 and (g < 1 or k % g):
@@ -382,8 +407,10 @@ def tensor_bytes(data) -> memoryview:
     return memoryview(data.contiguous().view(torch.uint8).reshape(-1).numpy())
 
 
-def write_safetensors(path: Path, jobs: list[TensorJob], produce, metadata: dict | None, on_tensor=None) -> int:
-    """Write ``jobs`` in order into a safetensors file, one tensor at a time; returns bytes written.
+def write_safetensors(folder: Path, rel: str, jobs: list[TensorJob], produce, metadata: dict | None,
+                      on_tensor=None) -> int:
+    """Write ``jobs`` in order into a new safetensors file ``folder / rel``, one tensor at a
+    time; returns bytes written. The file must not exist (``incq._fs.create``).
 
     ``produce(job)`` returns the tensor's data; its byte size must match the job's dtype and shape.
     """
@@ -400,7 +427,7 @@ def write_safetensors(path: Path, jobs: list[TensorJob], produce, metadata: dict
     text = json.dumps(header, separators=(",", ":")).encode()
     text += b" " * (-len(text) % 8)
     written = 0
-    with open(path, "wb") as out:
+    with os.fdopen(_fs.create(folder, rel), "wb") as out:
         out.write(struct.pack("<Q", len(text)))
         out.write(text)
         for job, size in zip(jobs, sizes):
@@ -479,9 +506,9 @@ def write_example(path: Path, fmt: str, shards: int = 2, layers: int = 2, hidden
     for file, chunk in zip(files, chunks):
         jobs = [TensorJob(names[i], dtypes[tensors[names[i]].dtype], tensors[names[i]].shape, "copy", names[i], 0, (), ())
                 for i in chunk]
-        write_safetensors(path / file, jobs, lambda job: tensors[job.name], {"format": "pt"})
+        write_safetensors(path, file, jobs, lambda job: tensors[job.name], {"format": "pt"})
         weight_map.update({job.name: file for job in jobs})
     if len(files) > 1:
         total = sum(a.nbytes for a in tensors.values())
-        (path / INDEX_FILE).write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map},
-                                                  indent=2))
+        _fs.write_text(path, INDEX_FILE, json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map},
+                                                    indent=2))

@@ -12,15 +12,13 @@ import errno
 import json
 import multiprocessing
 import os
-import shutil
 import sys
-import tempfile
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
 from . import _checkpoint as ck
+from . import _fs as fs
 from ._errors import IncqError
 
 # --------------------------------------------------------------------------- inspect
@@ -31,8 +29,10 @@ def _overrides(layers, base: dict) -> list[str]:
     return [f"{layer.prefix}: {layer.kwargs}" for layer in layers if layer.kwargs != base]
 
 
-def inspect(path, as_json: bool) -> int:
-    ckpt = ck.open_checkpoint(path)
+def inspect(path, as_json: bool, follow_symlinks: bool = False) -> int:
+    from ._targets import runtime_report
+
+    ckpt = ck.open_checkpoint(path, follow_symlinks)
     found: list[str] = []  # shapes that contradict the config first, then what the values show
     layers = ck.find_layers(ckpt, problems=found)
     from ._config import config_kwargs
@@ -54,6 +54,7 @@ def inspect(path, as_json: bool) -> int:
         "layers": [{"name": layer.prefix, "K": layer.k, "N": layer.n, **layer.kwargs} for layer in layers],
         "overrides": _overrides(layers, base),
         "anomalies": found,
+        "runtimes": runtime_report(ckpt, layers),
     }
     if as_json:
         print(json.dumps(report, indent=2))
@@ -74,84 +75,87 @@ def inspect(path, as_json: bool) -> int:
     print(f"  anomalies: {len(found) or 'none'}")
     for line in found:
         print(f"    {line}")
+    for entry in report["runtimes"]:
+        how = ("loads it as it is" if entry["loads"] else f"loads it after `{entry['conversion']}`"
+               if entry["conversion"] else f"cannot serve it: {entry['reason']}")
+        print(f"  {entry['runtime']}: {how}")
     return 0
 
 
 # --------------------------------------------------------------------------- convert
 
 
-def _convert_file(src_file: str, dst_file: str, jobs: list, metadata, progress=None) -> int:
+def _convert_file(src_file: str, dst_dir: str, rel: str, jobs: list, metadata, progress=None) -> int:
     """Write one output file from one source file (runs in worker processes too)."""
     from safetensors import safe_open
 
     torch = ck.torch_or_none()
     with safe_open(src_file, framework="pt" if torch is not None else "numpy") as f:
-        return ck.write_safetensors(Path(dst_file), jobs, lambda job: ck.run_job(job, f.get_tensor(job.source)),
+        return ck.write_safetensors(Path(dst_dir), rel, jobs, lambda job: ck.run_job(job, f.get_tensor(job.source)),
                                     metadata, on_tensor=progress)
 
 
-def _check_destination(src: Path, dst: Path, force: bool) -> None:
-    if dst == src:
-        raise ck.CheckpointError(f"DST {dst} is SRC; incq never writes into its source")
-    if src in dst.parents:
-        raise ck.CheckpointError(f"DST {dst} is inside SRC {src}")
-    if dst in src.parents:
-        raise ck.CheckpointError(f"SRC {src} is inside DST {dst}")
-    if dst.exists() and not force:
-        raise ck.CheckpointError(f"DST {dst} exists (pass --force to replace it)")
-    if not dst.parent.is_dir():
-        raise ck.CheckpointError(f"{dst.parent}: no such directory")
+def destination(dst) -> Path:
+    """DST as an absolute path, its parent resolved and its last component kept as given (so
+    that a symlink at DST is seen as one)."""
+    dst = Path(os.path.abspath(dst))
+    return dst.parent.resolve() / dst.name
 
 
-def _write_configs(src: Path, tmp: Path, new_config: dict) -> None:
+def _write_configs(ckpt, tmp: Path, new_config: dict) -> list[str]:
     """The new quantization config into config.json (when present), quantization_config.json and,
-    when the source had one, quantize_config.json."""
-    config = src / "config.json"
-    if config.is_file():
-        data = ck._read_json(config)
+    when the source had one, quantize_config.json. Returns the names written."""
+    written = []
+    if (ckpt.path / "config.json").is_file():
+        data = ck._read_json(ckpt.path / "config.json")
         if isinstance(data, dict):
             data["quantization_config"] = new_config
-            (tmp / "config.json").write_text(json.dumps(data, indent=2) + "\n")
-    (tmp / "quantization_config.json").write_text(json.dumps(new_config, indent=2) + "\n")
-    if (src / "quantize_config.json").is_file():
-        (tmp / "quantize_config.json").write_text(json.dumps(new_config, indent=2) + "\n")
+            fs.write_text(tmp, "config.json", json.dumps(data, indent=2) + "\n")
+            written.append("config.json")
+    fs.write_text(tmp, "quantization_config.json", json.dumps(new_config, indent=2) + "\n")
+    written.append("quantization_config.json")
+    if (ckpt.path / "quantize_config.json").is_file():
+        fs.write_text(tmp, "quantize_config.json", json.dumps(new_config, indent=2) + "\n")
+        written.append("quantize_config.json")
+    return written
 
 
-def convert(src, dst, to: str, zeros: str, force: bool, workers: int, quiet: bool) -> int:
-    src, dst = Path(src).resolve(), Path(dst).resolve()
-    _check_destination(src, dst, force)
-    ckpt = ck.open_checkpoint(src)
+def convert(src, dst, to: str | None, zeros: str | None, force: bool = False, workers: int = 1, quiet: bool = False,
+            follow_symlinks: bool = False, runtime: str | None = None) -> int:
+    from . import _targets
+
+    if zeros is not None and to != "gptq":
+        raise ck.CheckpointError("--zeros applies to --to gptq only (AWQ and the runtime targets choose their own "
+                                 "zero points)")
+    if not Path(src).is_dir():
+        raise ck.CheckpointError(f"{src}: no such checkpoint directory")
+    src, dst = Path(src).resolve(), destination(dst)
+    fs.check_destination(src, dst, force)
+    ckpt = ck.open_checkpoint(src, follow_symlinks)
     layers = ck.find_layers(ckpt)
-    zero_offset = 0 if to == "awq" or zeros == "raw" else 1
+    if runtime is not None:
+        to, zero_offset, sym = _targets.choose_for_runtime(ckpt, layers, runtime)
+    else:
+        zero_offset = 0 if to == "awq" or zeros == "raw" else 1
+        # symmetric data is stated symmetric in GPTQ (the form runtimes serve; same weights)
+        sym = True if to == "gptq" and all(_targets.effectively_symmetric(ckpt, x) for x in layers) else None
     plan = ck.plan_conversion(ckpt, layers, to, zero_offset)
-    new_config = ck.target_config(ckpt.quant_config, to, zero_offset)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".incq-partial", dir=dst.parent))
-    try:
-        for item in src.iterdir():  # every other file, unchanged
-            if item.name in plan:
-                continue
-            if item.is_dir():
-                shutil.copytree(item, tmp / item.name, symlinks=True)
-            else:
-                shutil.copy2(item, tmp / item.name)
-        _write_configs(src, tmp, new_config)
+    new_config = _targets.target_config(ckpt, layers, to, zero_offset, sym)
+    fs.remove_stale_partials(dst.parent, lambda line: print(f"incq convert: {line}", file=sys.stderr))
+    rewritten = set(plan) | set(ck.CONFIG_FILES) | {ck.INDEX_FILE, fs.MARKER}
+    entries = list(fs.source_entries(src, rewritten, follow_symlinks))
+    with fs.signals_unwind(), fs.partial_directory(dst) as tmp:
+        fs.carry_over(src, tmp, entries)
+        _write_configs(ckpt, tmp, new_config)
         _convert_all(ckpt, plan, tmp, workers, quiet)
         if ckpt.index is not None:
             _write_index(ckpt, plan, tmp)
-        if dst.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".incq-old", dir=dst.parent))
-            os.rename(dst, old / "replaced")
-            os.rename(tmp, dst)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, dst)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        fs.write_marker(tmp, src, f"incq convert --to {to} --zeros {'v1' if zero_offset else 'raw'}"
+                        + (f" (--for {runtime})" if runtime else ""))
+        fs.publish(tmp, dst, src, force)
     changed = sum(job.action != "copy" for jobs in plan.values() for job in jobs)
-    print(f"{dst}: {len(layers)} layers converted to {new_config.get('packing_format', to)} "
-          f"({'raw' if zero_offset == 0 else 'v1'} zero points), {changed} tensors rewritten, "
-          f"{sum(len(j) for j in plan.values()) - changed} copied", file=sys.stderr if quiet else sys.stdout)
+    print(f"{dst}: {len(layers)} layers converted to {_targets.describe_target(new_config)}, {changed} tensors "
+          f"rewritten, {sum(len(j) for j in plan.values()) - changed} copied", file=sys.stderr if quiet else sys.stdout)
     return 0
 
 
@@ -167,21 +171,31 @@ def _convert_all(ckpt, plan: dict, tmp: Path, workers: int, quiet: bool) -> None
     if workers <= 1 or len(files) == 1:
         with _progress(sum(len(j) for j in plan.values()), "tensor", quiet) as bar:
             for file in files:
-                _convert_file(str(ckpt.path / file), str(tmp / file), plan[file], metadata[file], bar.update)
+                _convert_file(str(ckpt.path / file), str(tmp), file, plan[file], metadata[file], bar.update)
         return
     # fresh interpreters: a worker forked from a process whose torch thread pool is running can stall
     context = multiprocessing.get_context("spawn")
     threads = max(1, (os.cpu_count() or 1) // workers)  # workers x threads <= cores: no oversubscription
-    with _progress(len(files), "file", quiet) as bar, ProcessPoolExecutor(
-        workers, mp_context=context, initializer=_worker_init, initargs=(threads,)
-    ) as pool:
-        futures = [pool.submit(_convert_file, str(ckpt.path / f), str(tmp / f), plan[f], metadata[f]) for f in files]
-        for future in futures:
-            future.result()
-            bar.update()
+    pool = context.Pool(workers, initializer=_worker_init, initargs=(threads,))
+    try:
+        with _progress(len(files), "file", quiet) as bar:
+            results = [pool.apply_async(_convert_file, (str(ckpt.path / f), str(tmp), f, plan[f], metadata[f]))
+                       for f in files]
+            for result in results:
+                result.get()
+                bar.update()
+        pool.close()
+    except BaseException:
+        pool.terminate()  # workers ignore SIGINT: the main process stops them, no worker tracebacks
+        raise
+    finally:
+        pool.join()
 
 
 def _worker_init(threads: int) -> None:
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch = ck.torch_or_none()
     if torch is not None:
         torch.set_num_threads(threads)
@@ -194,110 +208,210 @@ def _write_index(ckpt, plan: dict, tmp: Path) -> None:
     if "total_size" in meta:
         meta["total_size"] = sum(ck._itemsize(j.dtype) * int(np.prod(j.shape)) for js in plan.values() for j in js)
         index["metadata"] = meta
-    (tmp / ck.INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
+    fs.write_text(tmp, ck.INDEX_FILE, json.dumps(index, indent=2) + "\n")
 
 
 # --------------------------------------------------------------------------- verify
 
 
-def _dequantize(arrays, kwargs, backend=None):
+def _dequantize(arrays, kwargs, backend):
     from . import _api
 
     qweight, scales, qzeros, g_idx = arrays
     return _api.dequantize(qweight, scales, qzeros, g_idx, backend=backend, **kwargs)
 
 
-def _max_diff(a, b) -> float:
-    a, b = ck.to_host(a).astype(np.float64), ck.to_host(b).astype(np.float64)
-    return float(np.abs(a - b).max()) if a.size else 0.0
+def _bits(x) -> np.ndarray:
+    """An array's values as unsigned integers of its width (bfloat16 widened exactly to float32)."""
+    a = np.ascontiguousarray(ck.to_host(x))
+    return a.view(f"u{a.dtype.itemsize}") if a.dtype.kind in "fiub" and a.dtype.itemsize in (1, 2, 4, 8) else a
 
 
-def verify(path, against) -> int:
-    ckpt = ck.open_checkpoint(path)
+def _compare(a, b) -> str | None:
+    """None when ``a`` and ``b`` have the same dtype, shape and bits; else how they differ."""
+    da, db = _dtype_name(a), _dtype_name(b)
+    if da != db:
+        return f"dtype {da} vs {db}"
+    if tuple(a.shape) != tuple(b.shape):
+        return f"shape {tuple(a.shape)} vs {tuple(b.shape)}"
+    ba, bb = _bits(a), _bits(b)
+    if np.array_equal(ba, bb):
+        return None
+    count = int(np.count_nonzero(ba != bb))
+    fa, fb = ck.to_host(a), ck.to_host(b)
+    if fa.dtype.kind == "f":
+        with np.errstate(invalid="ignore"):
+            diff = np.nanmax(np.abs(fa.astype(np.float64) - fb.astype(np.float64)), initial=0.0)
+        return f"{count} of {ba.size} values differ, max |difference| {diff:.3g}"
+    return f"{count} of {ba.size} values differ"
+
+
+def _dtype_name(x) -> str:
+    return str(x.dtype).replace("torch.", "")
+
+
+def _symmetry_problem(ckpt, layer) -> str | None:
+    """A layer declared symmetric whose stored zero points are not 2^(b-1): runtimes that trust
+    the declaration use 2^(b-1) and decode other weights than the stored zero points give."""
+    from ._targets import effectively_symmetric
+
+    if layer.sym and not effectively_symmetric(ckpt, layer):
+        return (f"declared symmetric, but its stored zero points are not {1 << (layer.kwargs['bits'] - 1)}: "
+                "runtimes that trust sym decode other weights")
+    return None
+
+
+def verify(path, against, follow_symlinks: bool = False) -> int:
+    ckpt = ck.open_checkpoint(path, follow_symlinks)
     layers = ck.find_layers(ckpt)
+    if against is None:
+        return _verify_backends(ckpt, layers)
+    other = ck.open_checkpoint(against, follow_symlinks)
+    return _verify_against(ckpt, layers, other, ck.find_layers(other))
+
+
+def _verify_backends(ckpt, layers) -> int:
     torch = ck.torch_or_none()
-    other = None
-    if against is not None:
-        other_ckpt = ck.open_checkpoint(against)
-        other = (other_ckpt, {layer.prefix: layer for layer in ck.find_layers(other_ckpt)})
-        print(f"dequantizing every layer of {ckpt.path} and of {other_ckpt.path}")
-    elif torch is None:
-        print("torch is not installed: checking the golden decoding of every layer only")
-    else:
-        print(f"dequantizing every layer of {ckpt.path} with the golden and with the torch backend")
+    if torch is None:
+        raise ck.CheckpointError("nothing to compare: torch is not installed, so there is no second implementation "
+                                 "to check the golden against; pass --against OTHER to compare with another checkpoint")
+    print(f"{ckpt.path}: each of {len(layers)} quantized layers dequantized by the golden (NumPy) and by the torch "
+          f"backend (torch {torch.__version__}, cpu), compared bit for bit")
     bad = 0
     for layer in layers:
+        arrays = ck.layer_arrays(ckpt, layer)
         try:
-            same, diff = _verify_layer(ckpt, layer, other, torch)
+            golden = _dequantize(arrays, layer.kwargs, "numpy")
+            fast = _dequantize(arrays, layer.kwargs, "torch")
         except ck.CheckpointError:
             raise
         except IncqError as e:  # a layer the library refuses to decode (e.g. non-finite scales)
-            print(f"  {layer.prefix}: MISMATCH ({e})")
-            bad += 1
+            bad += _report(layer.prefix, f"cannot be decoded ({e})")
             continue
-        if same is None:
-            bad += 1
-            continue
-        bad += not same
-        print(f"  {layer.prefix}: K x N = {layer.k} x {layer.n}, max |difference| {diff:.3g}"
-              f"{'' if same else '  MISMATCH'}")
+        problem = _compare(golden, fast) or _symmetry_problem(ckpt, layer)
+        bad += _report(layer.prefix, problem, f"K x N = {layer.k} x {layer.n}, identical")
+    return _summary(bad, f"{len(layers)} layers")
+
+
+def _report(name: str, problem: str | None, fine: str | None = None) -> int:
+    if problem is None:
+        if fine:
+            print(f"  {name}: {fine}")
+        return 0
+    print(f"  {name}: MISMATCH ({problem})")
+    return 1
+
+
+def _summary(bad: int, what: str) -> int:
     if bad:
-        print(f"{bad} of {len(layers)} layers differ")
+        print(f"{bad} difference(s) among {what}")
         return 1
-    print(f"all {len(layers)} layers identical")
+    print(f"all {what} identical")
     return 0
 
 
-def _verify_layer(ckpt, layer, other, torch):
-    """(same, max difference); (None, None) after printing why the layer has no twin."""
-    arrays = ck.layer_arrays(ckpt, layer)
-    if other is not None:
-        twin = other[1].get(layer.prefix)
-        if twin is None:
-            print(f"  {layer.prefix}: MISMATCH (missing in {other[0].path})")
-            return None, None
-        if (twin.k, twin.n) != (layer.k, layer.n):
-            print(f"  {layer.prefix}: MISMATCH (K x N = {layer.k} x {layer.n} vs {twin.k} x {twin.n})")
-            return None, None
-        first, second = _dequantize(arrays, layer.kwargs), _dequantize(ck.layer_arrays(other[0], twin), twin.kwargs)
-    elif torch is None:
-        first = second = _dequantize(arrays, layer.kwargs)
-    else:
-        first, second = _dequantize(arrays, layer.kwargs, backend="numpy"), _dequantize(arrays, layer.kwargs)
-    diff = _max_diff(first, second)
-    same = diff == 0.0 and ck.to_host(first).dtype == ck.to_host(second).dtype
-    return same, diff
+def _settings(layer) -> str:
+    kw = layer.kwargs
+    return f"{kw['bits']}-bit, group_size {kw['group_size']}"
+
+
+def _verify_against(a, layers_a, b, layers_b) -> int:
+    print(f"{a.path} against {b.path}: every tensor; quantized layers by their golden (NumPy) dequantization and "
+          "their bits and group size, other tensors byte for byte")
+    by_a, by_b = {x.prefix: x for x in layers_a}, {x.prefix: x for x in layers_b}
+    layer_tensors_a = {t for x in layers_a for t in x.tensors.values()}
+    layer_tensors_b = {t for x in layers_b for t in x.tensors.values()}
+    bad = 0
+    for name in sorted(set(by_a) | set(by_b)):
+        la, lb = by_a.get(name), by_b.get(name)
+        if la is None or lb is None:
+            where, there = (b, a) if la is None else (a, b)
+            float_twin = f"{name}.weight" in where.tensors
+            bad += _report(name, f"quantized in {there.path} only; "
+                                 + ("in float in " if float_twin else "missing in ") + str(where.path))
+            continue
+        problem = None
+        if (la.k, la.n) != (lb.k, lb.n):
+            problem = f"K x N = {la.k} x {la.n} vs {lb.k} x {lb.n}"
+        elif (la.kwargs["bits"], la.kwargs["group_size"]) != (lb.kwargs["bits"], lb.kwargs["group_size"]):
+            problem = f"settings {_settings(la)} vs {_settings(lb)}"
+        else:
+            try:
+                wa = _dequantize(ck.layer_arrays(a, la), la.kwargs, "numpy")
+                wb = _dequantize(ck.layer_arrays(b, lb), lb.kwargs, "numpy")
+            except ck.CheckpointError:
+                raise
+            except IncqError as e:
+                problem = f"cannot be decoded ({e})"
+            else:
+                problem = _compare(wa, wb) or _symmetry_problem(a, la) or _symmetry_problem(b, lb)
+        bad += _report(name, problem, f"K x N = {la.k} x {la.n}, {_settings(la)}, identical weights")
+    rest_a = {n: i for n, i in a.tensors.items() if n not in layer_tensors_a}
+    rest_b = {n: i for n, i in b.tensors.items() if n not in layer_tensors_b}
+    same = 0
+    for name in sorted(set(rest_a) | set(rest_b)):
+        if name not in rest_b or name not in rest_a:
+            bad += _report(name, f"missing in {(b if name not in rest_b else a).path}")
+            continue
+        problem = _compare(ck.read_tensor(a, name), ck.read_tensor(b, name))
+        same += problem is None
+        bad += _report(name, problem)
+    print(f"  {same} other tensor(s) identical")
+    return _summary(bad, f"{len(by_a.keys() | by_b.keys())} layers and {len(rest_a.keys() | rest_b.keys())} other tensors")
 
 
 # --------------------------------------------------------------------------- main
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
+    from . import __version__
+    from ._targets import RUNTIMES
+
     parser = argparse.ArgumentParser(prog="incq", description="Quantized checkpoint layouts (GPTQ, AWQ, AutoRound), "
                                      "specified and tested to the bit.")
+    parser.add_argument("--version", action="version", version=f"incq {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("inspect", help="describe a checkpoint and flag anomalies")
+    follow = {"action": "store_true", "help": "read files that symlinks inside the checkpoint point to outside it "
+              "(e.g. a Hugging Face cache snapshot); refused by default"}
+    p = sub.add_parser("inspect", help="describe a checkpoint, flag anomalies, say which runtimes load it")
     p.add_argument("path")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--follow-symlinks", **follow)
     p = sub.add_parser("convert", help="convert a checkpoint to GPTQ or AWQ packing, losslessly")
     p.add_argument("src")
     p.add_argument("dst")
-    p.add_argument("--to", choices=["gptq", "awq"], required=True)
-    p.add_argument("--zeros", choices=["v1", "raw"], default="v1",
-                   help="GPTQ zero points: v1 (stored z - 1, GPTQ / auto_round:auto_gptq; default) or raw "
-                        "(GPTQ v2 / auto_round:gptqmodel)")
-    p.add_argument("--force", action="store_true", help="replace an existing DST")
-    p.add_argument("--workers", type=int, default=1, help="convert files in this many processes")
+    target = p.add_mutually_exclusive_group(required=True)
+    target.add_argument("--to", choices=["gptq", "awq"], help="the packing to write")
+    target.add_argument("--for", dest="runtime", choices=sorted(RUNTIMES),
+                        help="write the lossless form this runtime serves (or refuse, saying why)")
+    p.add_argument("--zeros", choices=["v1", "raw"], default=None,
+                   help="with --to gptq: zero points v1 (stored z - 1; GPTQ, auto_round:auto_gptq; the default, "
+                        "the form vLLM and transformers load) or raw (GPTQ v2, auto_round:gptqmodel; needed when a "
+                        "zero point is 0)")
+    p.add_argument("--force", action="store_true", help="replace DST if it is incq's own earlier output")
+    p.add_argument("--workers", type=_positive, default=1, help="convert files in this many processes")
+    p.add_argument("--follow-symlinks", **follow)
     p.add_argument("--quiet", action="store_true")
-    p = sub.add_parser("verify", help="dequantize every layer twice and compare")
+    p = sub.add_parser("verify", help="compare a checkpoint's every layer across backends, or with another checkpoint")
     p.add_argument("path")
-    p.add_argument("--against", help="compare with this checkpoint instead of golden vs fast")
+    p.add_argument("--against", help="compare every tensor with this checkpoint instead of golden vs torch")
+    p.add_argument("--follow-symlinks", **follow)
     p = sub.add_parser("bench", help="the standard benchmark table on this machine")
     p.add_argument("--quick", action="store_true", help="a smaller layer and fewer runs")
     p = sub.add_parser("example", help="write a small synthetic AutoRound checkpoint")
     p.add_argument("path")
     p.add_argument("--format", default="auto_round:auto_awq", choices=sorted(ck.EXAMPLE_FORMATS))
-    p.add_argument("--shards", type=int, default=2)
+    p.add_argument("--shards", type=_positive, default=2)
     p = sub.add_parser("check", help="self-check every layout on a synthetic layer")
     p.add_argument("--k", type=int, default=2048)
     p.add_argument("--n", type=int, default=2048)
@@ -305,32 +419,57 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _run(args) -> int:
+    backend = os.environ.get("INCQ_BACKEND")
+    if backend and args.command in ("inspect", "convert", "verify", "check") and backend not in ("numpy", "torch"):
+        raise IncqError(f"INCQ_BACKEND must be 'numpy' or 'torch' (or unset), got {backend!r}")
+    if args.command == "inspect":
+        return inspect(args.path, args.json, args.follow_symlinks)
+    if args.command == "convert":
+        return convert(args.src, args.dst, args.to, args.zeros, args.force, args.workers, args.quiet,
+                       args.follow_symlinks, args.runtime)
+    if args.command == "verify":
+        return verify(args.path, args.against, args.follow_symlinks)
+    if args.command == "bench":
+        from . import _bench
+
+        return _bench.main(quick=args.quick)
+    if args.command == "example":
+        ck.write_example(Path(args.path), args.format, args.shards)
+        print(f"{args.path}: example {args.format} checkpoint written")
+        return 0
+    from . import _selfcheck
+
+    return _selfcheck.main(["--k", str(args.k), "--n", str(args.n), "--group-size", str(args.group_size)])
+
+
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     try:
-        if args.command == "inspect":
-            return inspect(args.path, args.json)
-        if args.command == "convert":
-            return convert(args.src, args.dst, args.to, args.zeros, args.force, args.workers, args.quiet)
-        if args.command == "verify":
-            return verify(args.path, args.against)
-        if args.command == "bench":
-            from . import _bench
-
-            return _bench.main(quick=args.quick)
-        if args.command == "example":
-            ck.write_example(Path(args.path), args.format, args.shards)
-            print(f"{args.path}: example {args.format} checkpoint written")
-            return 0
-        from . import _selfcheck
-
-        return _selfcheck.main(["--k", str(args.k), "--n", str(args.n), "--group-size", str(args.group_size)])
+        return _run(args)
     except (IncqError, OSError, json.JSONDecodeError) as e:
+        if isinstance(e, BrokenPipeError):
+            return _broken_pipe()
         print(f"incq {args.command}: error: {_message(e)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print(f"incq {args.command}: interrupted", file=sys.stderr)
+        print(f"incq {args.command}: interrupted{'; partial output removed' if args.command == 'convert' else ''}",
+              file=sys.stderr)
         return 130
+    except fs.Terminated as e:
+        print(f"incq {args.command}: stopped by {e}{'; partial output removed' if args.command == 'convert' else ''}",
+              file=sys.stderr)
+        return 128 + e.signum
+
+
+def _broken_pipe() -> int:
+    """The reader of stdout went away (``incq inspect X | head``): stop quietly, as cat does."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+    return 141
 
 
 def _message(e: BaseException) -> str:

@@ -23,6 +23,14 @@ settings.register_profile(
 settings.load_profile("ci" if os.environ.get("CI") else "dev")
 
 
+@pytest.fixture
+def example(tmp_path):
+    """``example(fmt, shards=2, name=None)``: a synthetic checkpoint written by ``incq example``."""
+    from checkpoints import make_example
+
+    return lambda fmt, shards=2, name=None: make_example(tmp_path, fmt, shards, name)
+
+
 @pytest.fixture(scope="session")
 def vectors():
     return json.loads((ROOT / "specs" / "golden" / "vectors.json").read_text())

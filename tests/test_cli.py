@@ -1,13 +1,8 @@
-"""The incq command, run as a user runs it (a subprocess), on checkpoints the tests build:
-synthetic ones in every format (single-file and sharded) and the real AutoRound exports."""
+"""The incq command on checkpoints the tests build: synthetic ones in every format
+(single-file and sharded) and the real AutoRound exports. Commands run in this process
+(``incq._cli.main``); tests/test_subprocess.py runs the few that need a real process."""
 
-import hashlib
 import json
-import os
-import resource
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,83 +11,12 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 import incq
+from checkpoints import (fails, fingerprint, gptq_config, no_leftovers, ok, quantized_layer, run,
+                         save_checkpoint, tensors_of)
 
 ROOT = Path(__file__).resolve().parent
 FIXTURES = ROOT / "fixtures" / "autoround"
 FORMATS = ["auto_round:auto_awq", "auto_round:auto_gptq", "auto_round:gptqmodel", "gptq", "gptq_v2", "awq"]
-
-
-def run(*args, limit_file_bytes=None):
-    def limit():
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limit_file_bytes, limit_file_bytes))
-
-    return subprocess.run([sys.executable, "-m", "incq", *map(str, args)], capture_output=True, text=True,
-                          preexec_fn=limit if limit_file_bytes else None)
-
-
-def ok(*args):
-    out = run(*args)
-    assert out.returncode == 0, out.stderr
-    return out.stdout
-
-
-def fails(*args, match, **kwargs):
-    """One clear line on stderr, a non-zero exit, no traceback."""
-    out = run(*args, **kwargs)
-    assert out.returncode == 1, (out.returncode, out.stdout, out.stderr)
-    assert "Traceback" not in out.stderr and out.stderr.count("\n") == 1, out.stderr
-    assert match in out.stderr, out.stderr
-    return out.stderr
-
-
-def tensors_of(path):
-    """Every tensor of a checkpoint (bfloat16 as its bits)."""
-    out = {}
-    for file in sorted(Path(path).glob("*.safetensors")):
-        with safe_open(str(file), framework="pt") as f:
-            for name in f.keys():
-                t = f.get_tensor(name)
-                bits = t.view(__import__("torch").int16) if str(t.dtype) == "torch.bfloat16" else t
-                out[name] = bits.numpy()
-    return out
-
-
-def fingerprint(path):
-    return {p.relative_to(path): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(Path(path).rglob("*"))
-            if p.is_file()}
-
-
-def no_leftovers(parent):
-    return not [p for p in Path(parent).iterdir() if ".incq-" in p.name]
-
-
-@pytest.fixture
-def example(tmp_path):
-    def make(fmt, shards=2, name=None):
-        path = tmp_path / (name or fmt.replace(":", "_"))
-        ok("example", path, "--format", fmt, "--shards", shards)
-        return path
-
-    return make
-
-
-def save_checkpoint(path, tensors, quant_config, shards=1):
-    """A checkpoint written with the safetensors library itself (not incq's writer)."""
-    path.mkdir(parents=True)
-    (path / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"],
-                                                  "quantization_config": quant_config}))
-    names = sorted(tensors)
-    if shards == 1:
-        save_file({n: tensors[n] for n in names}, str(path / "model.safetensors"), metadata={"format": "pt"})
-        return path
-    weight_map = {}
-    for i, chunk in enumerate(np.array_split(np.arange(len(names)), shards)):
-        file = f"model-{i + 1:05d}-of-{shards:05d}.safetensors"
-        save_file({names[j]: tensors[names[j]] for j in chunk}, str(path / file), metadata={"format": "pt"})
-        weight_map.update({names[j]: file for j in chunk})
-    (path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
-    return path
 
 
 # --------------------------------------------------------------------------- round trips
@@ -111,7 +35,7 @@ def test_round_trip_gives_the_original_words(example, tmp_path, fmt, shards):
     assert list(original) == list(again)
     for name in original:
         np.testing.assert_array_equal(again[name], original[name], strict=True, err_msg=name)
-    assert "all 6 layers identical" in ok("verify", tmp_path / "mid", "--against", src)
+    assert "all 6 layers and 3 other tensors identical" in ok("verify", tmp_path / "mid", "--against", src)
     assert "all 6 layers identical" in ok("verify", tmp_path / "mid")
     mid_config = json.loads((tmp_path / "mid" / "config.json").read_text())["quantization_config"]
     assert json.loads((tmp_path / "mid" / "quantization_config.json").read_text()) == mid_config
@@ -138,13 +62,15 @@ def test_workers_write_the_same_bytes(example, tmp_path):
     assert fingerprint(tmp_path / "one") == fingerprint(tmp_path / "two")
 
 
-def test_force_replaces_an_existing_destination(example, tmp_path):
+def test_force_replaces_incq_output_only(example, tmp_path):
     src = example("awq")
-    (tmp_path / "dst").mkdir()
-    (tmp_path / "dst" / "stale.txt").write_text("old")
+    ok("convert", src, tmp_path / "dst", "--to", "gptq")
     fails("convert", src, tmp_path / "dst", "--to", "gptq", match="exists (pass --force")
     ok("convert", src, tmp_path / "dst", "--to", "gptq", "--force")
-    assert not (tmp_path / "dst" / "stale.txt").exists() and no_leftovers(tmp_path)
+    assert no_leftovers(tmp_path)
+    (tmp_path / "dst" / "notes.txt").write_text("mine")
+    fails("convert", src, tmp_path / "dst", "--to", "gptq", "--force", match="notes.txt was not written by incq")
+    assert (tmp_path / "dst" / "notes.txt").read_text() == "mine"
 
 
 @pytest.mark.parametrize("export", sorted(p.stem for p in FIXTURES.glob("w4_*.npz")))
@@ -183,21 +109,6 @@ def test_refusals_leave_src_untouched_and_dst_absent(example, tmp_path):
     fails("convert", src, src / "inner", "--to", "awq", match="inside SRC")
     fails("convert", src, tmp_path / "missing-parent" / "dst", "--to", "awq", match="no such directory")
     assert fingerprint(src) == before and not (src / "inner").exists() and no_leftovers(tmp_path)
-
-
-def quantized_layer(bits, packing="gptq", zero_offset=1, act_order=False, k=256, n=64):
-    rng = np.random.default_rng(bits)
-    w = (rng.standard_normal((k, n)) * 0.05).astype(np.float16)
-    qweight, scales, qzeros, g_idx = incq.quantize(w, bits=bits, group_size=32, sym=False, packing=packing,
-                                                   zero_offset=zero_offset)
-    layer = {"x.qweight": qweight, "x.scales": scales, "x.qzeros": qzeros}
-    if act_order:
-        layer["x.g_idx"] = g_idx[rng.permutation(k)].copy()
-    return layer
-
-
-def gptq_config(bits, **extra):
-    return {"quant_method": "gptq", "bits": bits, "group_size": 32, "sym": False, "checkpoint_format": "gptq", **extra}
 
 
 def test_3bit_and_act_order_to_awq_are_refused_by_layer(tmp_path):
