@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping
 from typing import Any
 
 from ._validate import SUPPORTED_BITS, describe, fail
-
-_FN = "config_kwargs"
 
 #: AutoRound ``packing_format`` -> (packing, zero_offset)
 AUTOROUND_PACKING = {
@@ -21,6 +20,9 @@ AUTOROUND_PACKING = {
 #: GPTQ ``checkpoint_format`` -> zero_offset
 GPTQ_CHECKPOINT_FORMAT = {"gptq": 1, "gptq_v2": 0}
 AUTOROUND_METHODS = ("auto-round", "auto_round", "intel/auto-round")
+#: what :func:`config_kwargs` returns, a subset of :func:`layer_settings`
+KWARGS = ("bits", "group_size", "packing", "zero_offset")
+_ROOT = "quantization_config"
 
 
 def config_kwargs(quantization_config: Mapping[str, Any], layer: str | None = None) -> dict[str, Any] | None:
@@ -36,135 +38,271 @@ def config_kwargs(quantization_config: Mapping[str, Any], layer: str | None = No
     With ``layer`` (a module name such as ``"model.layers.0.mlp.down_proj"``) the per-layer
     overrides apply: AutoRound ``extra_config`` (exact names first, then regular expressions
     searched in the name), GPTQModel ``dynamic`` (``"+:regex"`` / ``"regex"`` overrides,
-    ``"-:regex"`` skips), AutoRound ``block_name_to_quantize`` and AWQ
-    ``modules_to_not_convert``. Returns ``None`` when that layer is not quantized.
+    ``"-:regex"`` skips, first match), AutoRound ``block_name_to_quantize`` and AWQ
+    ``modules_to_not_convert`` (regular expressions searched in the name). Returns ``None``
+    when that layer is not quantized. An override of ``None`` keeps the checkpoint's value.
+
+    These per-layer keys are read, and checked, only when ``layer`` is given. A malformed one
+    (``dynamic`` or ``extra_config`` not a dict of dicts, a value of the wrong type, a pattern
+    that is not a valid regular expression) is refused with an :class:`incq.IncqError` naming
+    the key path, e.g. ``quantization_config['dynamic']['+:model.(']``; so is an unsupported
+    value, naming the key it came from (``quantization_config['bits']`` or the override's).
+    ``extra_config`` keys are usually plain layer names: a key equal to ``layer`` applies
+    whether or not it is a valid regular expression, and the keys are compiled as regular
+    expressions only for a layer that no key names exactly, and then all of them (so a
+    malformed key is reported the same way whichever layer is asked for).
 
     >>> import incq
     >>> incq.config_kwargs({"quant_method": "auto-round", "packing_format": "auto_round:auto_awq",
     ...                     "bits": 4, "group_size": 128, "sym": False})
     {'bits': 4, 'group_size': 128, 'packing': 'awq', 'zero_offset': 0}
     """
+    settings = _settings("config_kwargs", quantization_config, layer)
+    return None if settings is None else {key: settings[key] for key in KWARGS}
+
+
+def layer_settings(quantization_config: Mapping[str, Any], layer: str | None) -> dict[str, Any] | None:
+    """The effective quantization settings of ``layer``, per-layer overrides applied, or ``None``
+    when the layer is left unquantized (``layer=None``: the checkpoint-wide settings).
+
+    Returns ``{"bits", "group_size", "sym", "act_order", "packing", "zero_offset"}``: the
+    :func:`config_kwargs` keys (same values, same checks, same per-layer rules) plus
+
+    ============= ================================== ===================================
+    format        ``sym``                            ``act_order``
+    ============= ================================== ===================================
+    AutoRound     ``sym`` (default True), may be     False
+                  overridden in ``extra_config``
+    GPTQ          ``sym`` (default True), may be     ``desc_act`` (default False), may be
+                  overridden in ``dynamic``          overridden in ``dynamic``
+    AWQ           ``not zero_point`` (default        False
+                  ``zero_point`` True)
+    ============= ================================== ===================================
+
+    ``extra_config`` entries may also override ``bits`` and ``group_size``, ``dynamic`` rules
+    ``bits`` and ``group_size``. Flags must be true or false (JSON booleans).
+
+    >>> layer_settings({"quant_method": "gptq", "bits": 4, "group_size": 128, "desc_act": False,
+    ...                 "dynamic": {"+:.*down_proj": {"bits": 8, "sym": False}}}, "model.layers.0.mlp.down_proj")
+    {'bits': 8, 'group_size': 128, 'sym': False, 'act_order': False, 'packing': 'gptq', 'zero_offset': 1}
+    """
+    return _settings("layer_settings", quantization_config, layer)
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def _settings(fn: str, quantization_config: Any, layer: Any) -> dict[str, Any] | None:
     if not isinstance(quantization_config, Mapping):
-        raise fail(_FN, "quantization_config", "must be a dict", describe(quantization_config))
+        raise fail(fn, "quantization_config", "must be a dict", describe(quantization_config))
     cfg = quantization_config
     if "quantization_config" in cfg and isinstance(cfg["quantization_config"], Mapping):
         cfg = cfg["quantization_config"]
     if layer is not None and not isinstance(layer, str):
-        raise fail(_FN, "layer", "must be a module name (str) or None", describe(layer))
+        raise fail(fn, "layer", "must be a module name (str) or None", describe(layer))
 
     method = str(cfg.get("quant_method", "gptq" if "checkpoint_format" in cfg or "desc_act" in cfg else "")).lower()
     if method in AUTOROUND_METHODS:
-        return _autoround(cfg, layer)
+        return _autoround(fn, cfg, layer)
     if method == "gptq":
-        return _gptq(cfg, layer)
+        return _gptq(fn, cfg, layer)
     if method == "awq":
-        return _awq(cfg, layer)
+        return _awq(fn, cfg, layer)
     raise fail(
-        _FN, "quantization_config['quant_method']",
+        fn, f"{_ROOT}['quant_method']",
         "must be 'auto-round', 'gptq' or 'awq' (other formats, e.g. compressed-tensors, use other layouts)",
         repr(cfg.get("quant_method")),
     )
 
 
-def _int(cfg: Mapping[str, Any], *keys: str, default: Any = None) -> Any:
+class _Value:
+    """A setting and the key path it was read from (named when it is refused)."""
+
+    __slots__ = ("value", "path")
+
+    def __init__(self, value: Any, path: str):
+        self.value, self.path = value, path
+
+
+def _required(fn: str, cfg: Mapping[str, Any], *keys: str) -> _Value:
     for key in keys:
-        if key in cfg and cfg[key] is not None:
-            return cfg[key]
-    if default is not None:
-        return default
-    raise fail(_FN, "quantization_config", f"must have {' or '.join(repr(k) for k in keys)}", sorted(cfg))
+        if cfg.get(key) is not None:
+            return _Value(cfg[key], f"{_ROOT}[{key!r}]")
+    raise fail(fn, _ROOT, f"must have {' or '.join(repr(k) for k in keys)}", sorted(cfg))
 
 
-def _kwargs(bits: Any, group_size: Any, packing: str, zero_offset: int, where: str) -> dict[str, Any]:
-    if isinstance(bits, bool) or not isinstance(bits, int) or bits not in SUPPORTED_BITS:
-        raise fail(_FN, f"{where}['bits']", f"must be one of {', '.join(map(str, SUPPORTED_BITS))}", repr(bits))
-    if isinstance(group_size, bool) or not isinstance(group_size, int) or (group_size < 1 and group_size != -1):
-        raise fail(_FN, f"{where}['group_size']", "must be a positive integer or -1", repr(group_size))
-    if packing == "awq" and bits != 4:
-        raise fail(_FN, f"{where}['bits']", "must be 4 for an AWQ layout", repr(bits))
-    return {"bits": bits, "group_size": group_size, "packing": packing, "zero_offset": zero_offset}
+def _optional(cfg: Mapping[str, Any], key: str, default: Any, path: str = _ROOT) -> _Value:
+    value = cfg.get(key)
+    return _Value(default if value is None else value, f"{path}[{key!r}]")
 
 
-def _as_list(value: Any) -> list[str]:
-    if value is None:
+def _override(current: _Value, override: Mapping[str, Any], key: str, path: str) -> _Value:
+    """``override[key]`` (with its path) when set; ``None`` there keeps the inherited value."""
+    if override.get(key) is None:
+        return current
+    return _Value(override[key], f"{path}[{key!r}]")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _flag(fn: str, v: _Value) -> bool:
+    if not isinstance(v.value, bool):
+        raise fail(fn, v.path, "must be true or false", describe(v.value))
+    return v.value
+
+
+def _result(fn, bits: _Value, group_size: _Value, sym: _Value, act_order: _Value | None, packing: str,
+            zero_offset: int) -> dict[str, Any]:
+    if not _is_int(bits.value) or bits.value not in SUPPORTED_BITS:
+        raise fail(fn, bits.path, f"must be one of {', '.join(map(str, SUPPORTED_BITS))}", describe(bits.value))
+    if not _is_int(group_size.value) or (group_size.value < 1 and group_size.value != -1):
+        raise fail(fn, group_size.path, "must be a positive integer or -1", describe(group_size.value))
+    if packing == "awq" and bits.value != 4:
+        raise fail(fn, bits.path, "must be 4 for an AWQ layout", describe(bits.value))
+    return {
+        "bits": bits.value, "group_size": group_size.value, "sym": _flag(fn, sym),
+        "act_order": False if act_order is None else _flag(fn, act_order),
+        "packing": packing, "zero_offset": zero_offset,
+    }
+
+
+# --------------------------------------------------------------------------- patterns
+
+
+@functools.lru_cache(maxsize=4096)
+def _compiled(pattern: str) -> re.Pattern | str:
+    """The compiled pattern, or re's message when it is not a valid regular expression."""
+    try:
+        return re.compile(pattern)
+    except re.error as e:
+        return str(e)
+
+
+def _regex(fn: str, path: str, pattern: Any) -> re.Pattern:
+    if not isinstance(pattern, str):
+        raise fail(fn, path, "must be a regular expression (str)", describe(pattern))
+    compiled = _compiled(pattern)
+    if isinstance(compiled, str):
+        raise fail(fn, path, "must be a valid regular expression", f"{pattern!r} ({compiled})")
+    return compiled
+
+
+def _patterns(fn: str, cfg: Mapping[str, Any], *keys: str) -> list[re.Pattern]:
+    """The regular expressions of a list key: a comma-separated string or a list of strings
+    (nested lists flattened), read from the first of ``keys`` that is set."""
+    key = next((k for k in keys if cfg.get(k)), None)
+    if key is None:
         return []
+    value, path = cfg[key], f"{_ROOT}[{key!r}]"
     if isinstance(value, str):
-        return [v.strip() for v in value.split(",") if v.strip()]
-    return [str(v) for v in value]
+        return [_regex(fn, path, p.strip()) for p in value.split(",") if p.strip()]
+    if not isinstance(value, (list, tuple)):
+        raise fail(fn, path, "must be a string or a list of strings", describe(value))
+    out = []
+    for i, item in enumerate(value):
+        items = item if isinstance(item, (list, tuple)) else [item]
+        for j, p in enumerate(items):
+            where = f"{path}[{i}]" + (f"[{j}]" if isinstance(item, (list, tuple)) else "")
+            out.append(_regex(fn, where, p))
+    return out
 
 
-def _autoround(cfg: Mapping[str, Any], layer: str | None) -> dict[str, Any] | None:
+def _overrides(fn: str, cfg: Mapping[str, Any], key: str) -> Mapping[str, Mapping[str, Any]]:
+    """``cfg[key]`` checked to be a dict of dicts with string keys (``{}`` when absent)."""
+    value, path = cfg.get(key), f"{_ROOT}[{key!r}]"
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise fail(fn, path, "must be a dict of per-layer overrides", describe(value))
+    for name, override in value.items():
+        if not isinstance(name, str):
+            raise fail(fn, f"{path}[{name!r}]", "must be keyed by a layer name or pattern (str)", describe(name))
+        if not isinstance(override, Mapping):
+            raise fail(fn, f"{path}[{name!r}]", "must be a dict of overrides", describe(override))
+    return value
+
+
+# --------------------------------------------------------------------------- formats
+
+
+def _autoround(fn: str, cfg: Mapping[str, Any], layer: str | None) -> dict[str, Any] | None:
     fmt = cfg.get("packing_format") or "auto_round:auto_gptq"
     if fmt not in AUTOROUND_PACKING:
         raise fail(
-            _FN, "quantization_config['packing_format']",
+            fn, f"{_ROOT}['packing_format']",
             f"must be one of {', '.join(repr(f) for f in AUTOROUND_PACKING)}", repr(fmt),
         )
     data_type = cfg.get("data_type", "int")
     if data_type != "int":
-        raise fail(_FN, "quantization_config['data_type']", "must be 'int' (integer weight-only)", repr(data_type))
+        raise fail(fn, f"{_ROOT}['data_type']", "must be 'int' (integer weight-only)", repr(data_type))
     packing, zero_offset = AUTOROUND_PACKING[fmt]
-    bits, group_size = _int(cfg, "bits"), _int(cfg, "group_size")
-    where = "quantization_config"
+    bits, group_size = _required(fn, cfg, "bits"), _required(fn, cfg, "group_size")
+    sym = _optional(cfg, "sym", True)
     if layer is not None:
-        extra = cfg.get("extra_config") or {}
-        override = _match_override(extra, layer)
-        blocks = _as_list(cfg.get("block_name_to_quantize") or cfg.get("to_quant_block_names"))
-        in_blocks = not blocks or any(re.search(b, layer) for b in blocks)
-        if override is None and not in_blocks:
+        extra = _overrides(fn, cfg, "extra_config")
+        key = _match_override(fn, extra, layer)
+        blocks = _patterns(fn, cfg, "block_name_to_quantize", "to_quant_block_names")
+        if key is None and blocks and not any(b.search(layer) for b in blocks):
             return None
-        override = override or {}
-        bits = override.get("bits", bits)
-        group_size = override.get("group_size", group_size)
-        if "data_type" in override and override["data_type"] != "int":
+        if key is not None:
+            override, path = extra[key], f"{_ROOT}['extra_config'][{key!r}]"
+            if override.get("data_type") not in (None, "int"):
+                return None
+            bits = _override(bits, override, "bits", path)
+            group_size = _override(group_size, override, "group_size", path)
+            sym = _override(sym, override, "sym", path)
+        if _is_int(bits.value) and bits.value >= 16:  # AutoRound: 16 bits = left in float
             return None
-        if isinstance(bits, int) and not isinstance(bits, bool) and bits >= 16:
-            return None
-        where = f"quantization_config['extra_config'] for {layer!r}"
-    return _kwargs(bits, group_size, packing, zero_offset, where)
+    return _result(fn, bits, group_size, sym, None, packing, zero_offset)
 
 
-def _match_override(extra: Mapping[str, Any], layer: str) -> Mapping[str, Any] | None:
+def _match_override(fn: str, extra: Mapping[str, Any], layer: str) -> str | None:
+    """The ``extra_config`` key for ``layer``: the layer's own name, else the first key found in
+    it as a regular expression (every key must then be a valid one)."""
     if layer in extra:
-        return extra[layer]
-    for pattern, override in extra.items():
-        try:
-            if re.search(pattern, layer):
-                return override
-        except re.error:
-            continue
-    return None
+        return layer
+    patterns = [(key, _regex(fn, f"{_ROOT}['extra_config'][{key!r}]", key)) for key in extra]
+    return next((key for key, pattern in patterns if pattern.search(layer)), None)
 
 
-def _gptq(cfg: Mapping[str, Any], layer: str | None) -> dict[str, Any] | None:
+def _gptq(fn: str, cfg: Mapping[str, Any], layer: str | None) -> dict[str, Any] | None:
     fmt = cfg.get("checkpoint_format") or "gptq"
     if fmt not in GPTQ_CHECKPOINT_FORMAT:
         raise fail(
-            _FN, "quantization_config['checkpoint_format']",
+            fn, f"{_ROOT}['checkpoint_format']",
             f"must be one of {', '.join(repr(f) for f in GPTQ_CHECKPOINT_FORMAT)}", repr(fmt),
         )
-    bits, group_size = _int(cfg, "bits"), _int(cfg, "group_size")
-    where = "quantization_config"
+    bits, group_size = _required(fn, cfg, "bits"), _required(fn, cfg, "group_size")
+    sym, act_order = _optional(cfg, "sym", True), _optional(cfg, "desc_act", False)
     if layer is not None:
-        for rule, override in (cfg.get("dynamic") or {}).items():
-            negative = rule.startswith("-:")
+        rules = []
+        for rule, override in _overrides(fn, cfg, "dynamic").items():
+            path = f"{_ROOT}['dynamic'][{rule!r}]"
             pattern = rule[2:] if rule[:2] in ("-:", "+:") else rule
-            if re.match(pattern, layer):
+            rules.append((rule.startswith("-:"), _regex(fn, path, pattern), override, path))
+        for negative, pattern, override, path in rules:
+            if pattern.match(layer):
                 if negative:
                     return None
-                bits = override.get("bits", bits)
-                group_size = override.get("group_size", group_size)
-                where = f"quantization_config['dynamic'][{rule!r}]"
+                bits = _override(bits, override, "bits", path)
+                group_size = _override(group_size, override, "group_size", path)
+                sym = _override(sym, override, "sym", path)
+                act_order = _override(act_order, override, "desc_act", path)
                 break
-    return _kwargs(bits, group_size, "gptq", GPTQ_CHECKPOINT_FORMAT[fmt], where)
+    return _result(fn, bits, group_size, sym, act_order, "gptq", GPTQ_CHECKPOINT_FORMAT[fmt])
 
 
-def _awq(cfg: Mapping[str, Any], layer: str | None) -> dict[str, Any] | None:
+def _awq(fn: str, cfg: Mapping[str, Any], layer: str | None) -> dict[str, Any] | None:
     version = str(cfg.get("version", "gemm")).lower()
     if version != "gemm":
-        raise fail(_FN, "quantization_config['version']", "must be 'gemm' (the AWQ layout incq reads)", repr(cfg.get("version")))
-    if layer is not None and any(re.search(m, layer) for m in _as_list(cfg.get("modules_to_not_convert"))):
+        raise fail(fn, f"{_ROOT}['version']", "must be 'gemm' (the AWQ layout incq reads)", repr(cfg.get("version")))
+    if layer is not None and any(p.search(layer) for p in _patterns(fn, cfg, "modules_to_not_convert")):
         return None
-    bits = _int(cfg, "w_bit", "bits")
-    group_size = _int(cfg, "q_group_size", "group_size")
-    return _kwargs(bits, group_size, "awq", 0, "quantization_config")
+    bits = _required(fn, cfg, "w_bit", "bits")
+    group_size = _required(fn, cfg, "q_group_size", "group_size")
+    zero_point = _optional(cfg, "zero_point", True)
+    sym = _Value(not _flag(fn, zero_point), zero_point.path)
+    return _result(fn, bits, group_size, sym, None, "awq", 0)
+

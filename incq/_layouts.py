@@ -1,8 +1,9 @@
 """Prepared layouts for the int4 kernels: made once at load time, reused on every matmul.
 
-A layout is a NamedTuple of tensors plus the few numbers the kernel needs; nothing here imports
-torch (the builders load ``incq._kernels`` when called). ``specs/kernels.md`` specifies each
-field and the kernels' contracts.
+A layout is a NamedTuple of tensors plus the few numbers the kernel needs; it owns its tensors
+(none shares memory with the caller's), and nothing here imports torch (the builders load
+``incq._kernels`` when called). ``specs/kernels.md`` specifies each field and the kernels'
+contracts.
 """
 
 from __future__ import annotations
@@ -83,8 +84,28 @@ def _build(fn, target, qweight, scales, qzeros, g_idx, bits, group_size, packing
     args = (qweight, scales, qzeros, g_idx, bits, shape[2], packing, zero_offset)
     reason = getattr(kernels, f"{target}_misfit")(*args, shape)
     if reason:
-        return _fallback(fn, reason, *args)
-    return getattr(kernels, f"make_{target}_layout")(*args, shape)
+        layout = _fallback(fn, reason, *args)
+    else:
+        layout = getattr(kernels, f"make_{target}_layout")(*args, shape)
+    return _owned(layout, (qweight, scales, qzeros, g_idx))
+
+
+def _owned(layout, inputs):
+    """``layout`` with a copy of every tensor that shares storage with one of ``inputs``.
+
+    The builders reuse an input when it already has the layout's form (e.g. contiguous scales,
+    GPTQ words without act-order); a layout must not change when the caller writes to its
+    tensors afterwards, nor write to them. ``clone`` keeps strides (the XPU words stay NT).
+    """
+    shared = {_storage(t) for t in inputs if t is not None}
+    fields = [t.clone() if v.is_torch(t) and _storage(t) in shared else t for t in layout]
+    return type(layout)(*fields)
+
+
+def _storage(t) -> tuple:
+    """Which memory a tensor's storage is: device and address (meta and empty tensors: their own)."""
+    ptr = t.untyped_storage().data_ptr()
+    return (t.device, ptr) if ptr else (t.device, id(t))
 
 
 def _prepare(fn, qweight, scales, qzeros, g_idx, bits, group_size, packing, zero_offset):
@@ -114,6 +135,8 @@ def make_xpu_layout(qweight, scales, qzeros=None, g_idx=None, *, bits=4, group_s
     act-order the rows are sorted by group (each group must hold ``group_size`` rows) with
     ``g_idx`` the permutation that the kernel applies to x. The kernel takes 4-bit weights with
     ``group_size``, K and N multiples of 32 (vLLM's requirements); other layers fall back.
+    Either layout owns its tensors: none shares memory with the arguments, which the caller
+    may free or overwrite.
     """
     return _build("make_xpu_layout", "xpu", qweight, scales, qzeros, g_idx, bits, group_size, packing, zero_offset)
 
@@ -123,8 +146,9 @@ def make_cpu_layout(qweight, scales, qzeros=None, g_idx=None, *, bits=4, group_s
     """Prepare a checkpoint layer for PyTorch's CPU int4 kernel: :class:`CpuLayout`, or
     :class:`TorchLayout` (with an :class:`incq.IncqWarning`) when the layer does not fit it.
 
-    Same arguments as :func:`make_xpu_layout`; the result lives on the CPU. The kernel takes
-    4-bit weights, ``group_size`` in {32, 64, 128, 256} and N a multiple of 16. The layout holds
+    Same arguments as :func:`make_xpu_layout`; the result lives on the CPU and, like it, shares
+    no memory with the arguments. The kernel takes 4-bit weights, ``group_size`` in
+    {32, 64, 128, 256} and N a multiple of 16. The layout holds
     the kernel's packed weight and the GPTQ words (one byte per weight in all), so that
     :func:`incq.w4a16_matmul` can choose, by the rows of x and their dtype, between the int4
     kernel and dequantize-then-GEMM (``specs/kernels.md``).

@@ -46,12 +46,32 @@ def _same_on_torch(w, sym, kwargs, layer, deq, device) -> tuple[bool, float]:
     return same and np.array_equal(w_torch.cpu().numpy(), deq), ms
 
 
+#: Every route packs 3-bit values, 32 to three words: along K (GPTQ qweight) and along N (zeros).
+BLOCK = 32
+
+
+def _check_sizes(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """The effective group size; bad sizes end in one ``parser.error`` naming option and value."""
+    g = args.group_size
+    if g != -1 and g < 1:
+        parser.error(f"--group-size must be a positive integer or -1 (per-channel), got {g}")
+    for option, value, axis in (("--k", args.k, "rows"), ("--n", args.n, "columns")):
+        if value < 1 or value % BLOCK:
+            parser.error(f"{option} must be a positive multiple of {BLOCK} (3-bit codes pack {BLOCK} {axis} "
+                         f"into 3 words), got {value}")
+    if g != -1 and args.k % g:
+        parser.error(f"--k must be a multiple of --group-size, got --k {args.k} and --group-size {g}")
+    return args.k if g == -1 else g
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="incq check", description=__doc__.splitlines()[0])
-    parser.add_argument("--k", type=int, default=2048, help="input features (default 2048)")
-    parser.add_argument("--n", type=int, default=2048, help="output features (default 2048)")
-    parser.add_argument("--group-size", type=int, default=128)
+    parser.add_argument("--k", type=int, default=2048, help=f"input features, a multiple of {BLOCK} and of the "
+                        "group size (default 2048)")
+    parser.add_argument("--n", type=int, default=2048, help=f"output features, a multiple of {BLOCK} (default 2048)")
+    parser.add_argument("--group-size", type=int, default=128, help="a divisor of K, or -1 per-channel (default 128)")
     args = parser.parse_args(argv)
+    rows_per_group = _check_sizes(parser, args)
 
     rng = np.random.default_rng(0)
     w = (rng.standard_normal((args.k, args.n)) * 0.02).astype(np.float16)
@@ -73,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         kwargs = dict(bits=bits, group_size=g, packing=packing, zero_offset=zero_offset)
         layer, ms_q = _timed(incq.quantize, w, sym=sym, **kwargs)
         deq, ms_d = _timed(incq.dequantize, *layer, **kwargs)
-        step = np.repeat(np.abs(layer[1].astype(np.float64)), g, axis=0)
+        step = np.repeat(np.abs(layer[1].astype(np.float64)), rows_per_group, axis=0)
         err = float((np.abs(deq.astype(np.float64) - w) / step).max())
         # specs/quantize.md: half a step (asym) or one step (sym, top code clipped) + scale rounding
         bound = (1.0 if sym else 0.5) + (1 << bits) * eps + eps

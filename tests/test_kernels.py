@@ -284,6 +284,52 @@ def test_act_order_with_uneven_groups_falls_back():
     assert_matmul_close(got.numpy(), golden64(x, (layer[0], layer[1], layer[2], g_idx), kwargs), "float32")
 
 
+# --------------------------------------------------------------------------- layouts own their tensors
+
+
+def storages(tensors):
+    return {t.untyped_storage().data_ptr() for t in tensors if isinstance(t, torch.Tensor)}
+
+
+def scribble(tensors):
+    """Overwrite the caller's tensors in place (every bit flipped)."""
+    for t in tensors:
+        if t is not None:
+            t.copy_(t.bitwise_not() if not t.is_floating_point() else -t * 3)
+
+
+@pytest.mark.parametrize("maker", [incq.make_cpu_layout, incq.make_xpu_layout])
+@pytest.mark.parametrize("variant", VARIANTS, ids=IDS)
+def test_layouts_share_no_memory_with_the_callers_tensors(maker, variant):
+    layer, kwargs = checkpoint(*variant)
+    layout = maker(*layer, **kwargs)
+    assert not storages(layout) & storages(layer)
+    x = activations((3, K), torch.float32)
+    before = incq.w4a16_matmul(x, layout)
+    scribble(layer)  # the caller reuses its buffers
+    assert torch.equal(incq.w4a16_matmul(x, layout), before)
+
+
+@pytest.mark.parametrize("maker", [incq.make_cpu_layout, incq.make_xpu_layout])
+def test_a_fallback_layout_shares_no_memory_with_the_callers_tensors(maker):
+    layer, kwargs = checkpoint("gptq", 1, False, True, bits=8)
+    with pytest.warns(incq.IncqWarning):
+        layout = maker(*layer, **kwargs)
+    assert isinstance(layout, incq.TorchLayout) and not storages(layout) & storages(layer)
+    x = activations((3, K), torch.float32)
+    before = incq.w4a16_matmul(x, layout)
+    copies = [t.clone() for t in layer]
+    scribble(layout[:2])  # and the other way round: the layout's tensors are not the caller's
+    assert all(torch.equal(a, b) for a, b in zip(layer, copies))
+    assert not torch.equal(incq.w4a16_matmul(x, layout), before)
+
+
+def test_an_xpu_layout_keeps_its_strides_when_copied():
+    layer, kwargs = checkpoint("gptq", 0, True, False)
+    layout = incq.make_xpu_layout(*layer, **kwargs)
+    assert layout.qweight.stride() == (1, K // 8) and layout.scales.is_contiguous()
+
+
 # --------------------------------------------------------------------------- bad input
 
 
@@ -311,3 +357,37 @@ def test_matmul_with_a_layout_refuses_bad_calls():
         incq.w4a16_matmul(x.float().numpy(), layout)
     with pytest.raises(incq.IncqError, match="^w4a16_matmul: backend must be None or 'torch'"):
         incq.w4a16_matmul(x, layout, backend="numpy")
+
+
+# --------------------------------------------------------------------------- incq check
+
+
+@pytest.mark.parametrize("argv,option,value", [
+    (["--k", "-128"], "--k", "-128"),
+    (["--k", "0"], "--k", "0"),
+    (["--k", "100"], "--k", "100"),
+    (["--k", "96"], "--k", "96"),  # a multiple of 32, not of the group size 128
+    (["--n", "-32"], "--n", "-32"),
+    (["--n", "48"], "--n", "48"),
+    (["--group-size", "0"], "--group-size", "0"),
+    (["--group-size", "-2"], "--group-size", "-2"),
+    (["--group-size", "48"], "--group-size", "48"),  # does not divide K = 2048
+])
+def test_self_check_refuses_bad_sizes_with_one_message(capsys, argv, option, value):
+    from incq import _selfcheck
+
+    with pytest.raises(SystemExit) as e:
+        _selfcheck.main(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[0].startswith("usage: incq check") and err[-1].startswith("incq check: error: ")
+    assert option in err[-1] and value in err[-1].split(", got ")[1] and "Traceback" not in "\n".join(err)
+
+
+@pytest.mark.parametrize("argv", [["--k", "64", "--n", "32", "--group-size", "-1"],
+                                  ["--k", "96", "--n", "32", "--group-size", "48"]])
+def test_self_check_runs_on_small_and_per_channel_layers(capsys, argv):
+    from incq import _selfcheck
+
+    assert _selfcheck.main(argv) == 0
+    assert capsys.readouterr().out.rstrip().endswith("self-check passed")
