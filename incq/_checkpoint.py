@@ -20,7 +20,7 @@ import numpy as np
 
 from . import _api, _fs
 from ._bridge import to_host
-from ._config import AUTOROUND_METHODS, config_kwargs
+from ._config import AUTOROUND_METHODS, config_kwargs, layer_settings
 from ._errors import IncqError
 from ._layout import logical_shape, values_per_block, words_per_block
 
@@ -195,17 +195,18 @@ def find_layers(ckpt: Checkpoint, problems: list | None = None) -> list[Layer]:
     are checked against the config. A shape that contradicts it raises, or, when ``problems``
     is a list, is appended to it and the layer left out."""
     layers = []
-    sym = is_sym(ckpt.quant_config)
     for name in ckpt.tensors:
         if not name.endswith(".qweight"):
             continue
         prefix = name[: -len(".qweight")]
         try:
             kwargs = config_kwargs(ckpt.quant_config, layer=prefix)
+            settings = layer_settings(ckpt.quant_config, prefix)
         except IncqError as e:
             raise CheckpointError(f"{ckpt.path}: {e}") from None
         if kwargs is None:
             raise CheckpointError(f"{ckpt.path}: {prefix} holds a qweight, but the config leaves it unquantized")
+        sym = settings["sym"]
         tensors = {t: f"{prefix}.{t}" for t in LAYER_TENSORS if f"{prefix}.{t}" in ckpt.tensors}
         if "scales" not in tensors:
             raise CheckpointError(f"{ckpt.path}: {prefix} has a qweight but no scales")

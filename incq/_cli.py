@@ -325,10 +325,10 @@ def _verify_against(a, layers_a, b, layers_b) -> int:
     for name in sorted(set(by_a) | set(by_b)):
         la, lb = by_a.get(name), by_b.get(name)
         if la is None or lb is None:
-            where, there = (b, a) if la is None else (a, b)
-            float_twin = f"{name}.weight" in where.tensors
-            bad += _report(name, f"quantized in {there.path} only; "
-                                 + ("in float in " if float_twin else "missing in ") + str(where.path))
+            lacking, having = (a, b) if la is None else (b, a)
+            float_twin = f"{name}.weight" in lacking.tensors
+            bad += _report(name, f"quantized in {having.path} only; "
+                                 + ("in float in " if float_twin else "missing in ") + str(lacking.path))
             continue
         problem = None
         if (la.k, la.n) != (lb.k, lb.n):
