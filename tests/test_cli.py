@@ -227,3 +227,55 @@ def test_verify_against_a_different_checkpoint_fails(example):
 def test_bench_quick_runs():
     out = ok("bench", "--quick")
     assert "awq_to_gptq" in out and "w4a16_matmul" in out
+
+
+# --------------------------------------------------------------------------- one clear line
+
+
+def test_wrong_tensor_dtypes_name_the_layer(tmp_path):
+    import torch
+    from safetensors.torch import save_file as save_torch
+
+    layer = quantized_layer(4)
+    src = save_checkpoint(tmp_path / "a", {**layer, "x.qzeros": layer["x.qzeros"].astype(np.float32)}, gptq_config(4))
+    fails("convert", src, tmp_path / "o", "--to", "awq", match="x.qzeros is F32; qzeros must be I32")
+    fails("verify", src, match="x.qzeros is F32")
+    f8 = tmp_path / "f8"
+    save_checkpoint(f8, layer, gptq_config(4))
+    tensors = {k: torch.from_numpy(v) for k, v in layer.items()}
+    tensors["x.scales"] = tensors["x.scales"].to(torch.float8_e4m3fn)
+    save_torch(tensors, str(f8 / "model.safetensors"))
+    fails("inspect", f8, match="x.scales is F8_E4M3; scales must be F16 or BF16 or F32")
+
+
+@pytest.mark.parametrize("args, match", [
+    (["example", "x", "--shards", "0"], "--shards: must be a positive integer, got 0"),
+    (["convert", "a", "b", "--to", "gptq", "--workers", "0"], "--workers: must be a positive integer, got 0"),
+    (["check", "--k", "-128"], "--k must be a positive multiple"),
+])
+def test_bad_options_are_usage_errors(args, match):
+    out = run(*args)
+    assert out.returncode == 2 and match in out.stderr and "Traceback" not in out.stderr
+
+
+def test_version():
+    out = run("--version")
+    assert out.returncode == 0 and out.stdout.strip() == f"incq {incq.__version__}"
+
+
+def test_a_closed_pipe_ends_quietly(example, monkeypatch):
+    import io
+
+    from incq._cli import main
+
+    src = example("gptq", shards=1)
+
+    class ClosedPipe(io.StringIO):
+        def write(self, text):
+            raise BrokenPipeError(32, "Broken pipe")
+
+        def fileno(self):
+            raise io.UnsupportedOperation
+
+    monkeypatch.setattr("sys.stdout", ClosedPipe())
+    assert main(["inspect", str(src)]) == 141
