@@ -357,7 +357,51 @@ def _verify_against(a, layers_a, b, layers_b) -> int:
         same += problem is None
         bad += _report(name, problem)
     print(f"  {same} other tensor(s) identical")
-    return _summary(bad, f"{len(by_a.keys() | by_b.keys())} layers and {len(rest_a.keys() | rest_b.keys())} other tensors")
+    files_bad, files = _compare_files(a, b)
+    return _summary(bad + files_bad, f"{len(by_a.keys() | by_b.keys())} layers, {len(rest_a.keys() | rest_b.keys())} "
+                                     f"other tensors and {files} other file(s)")
+
+
+def _other_files(ckpt) -> dict[str, Path]:
+    """The files of a checkpoint besides its tensors, index and quantization config, by
+    relative path (config.json is compared without its quantization_config)."""
+    skip = set(ckpt.files) | {ck.INDEX_FILE, "quantization_config.json", "quantize_config.json", fs.MARKER}
+    return {rel: ckpt.path / rel for rel, kind in fs.source_entries(ckpt.path, skip, follow_symlinks=True)
+            if kind != "dir"}
+
+
+def _compare_files(a, b) -> tuple[int, int]:
+    """(differences, files compared) among the other files of two checkpoints."""
+    fa, fb = _other_files(a), _other_files(b)
+    bad = 0
+    for rel in sorted(fa.keys() | fb.keys()):
+        if rel not in fa or rel not in fb:
+            bad += _report(rel, f"missing in {(a if rel not in fa else b).path}")
+            continue
+        if rel == "config.json":
+            ca, cb = ck._read_json(fa[rel]), ck._read_json(fb[rel])
+            if isinstance(ca, dict) and isinstance(cb, dict):
+                ca, cb = ({k: v for k, v in c.items() if k != "quantization_config"} for c in (ca, cb))
+            bad += _report(rel, None if ca == cb else "differs (besides quantization_config)")
+            continue
+        if fa[rel].is_symlink() or fb[rel].is_symlink():
+            same = fa[rel].is_symlink() and fb[rel].is_symlink() and os.readlink(fa[rel]) == os.readlink(fb[rel])
+        else:
+            same = _same_bytes(fa[rel], fb[rel])
+        bad += _report(rel, None if same else "differs")
+    return bad, len(fa.keys() | fb.keys())
+
+
+def _same_bytes(x: Path, y: Path) -> bool:
+    if x.stat().st_size != y.stat().st_size:
+        return False
+    with fs.read_only(x) as f, fs.read_only(y) as g:
+        while True:
+            chunk = f.read(1 << 20)
+            if chunk != g.read(1 << 20):
+                return False
+            if not chunk:
+                return True
 
 
 # --------------------------------------------------------------------------- main

@@ -37,8 +37,8 @@ def test_identical_checkpoints_verify(pair, tmp_path):
     src, copy = pair
     out = ok("verify", copy, "--against", src)
     assert out.splitlines()[0].startswith(f"{copy} against {src}: every tensor")
-    assert "all 6 layers and 3 other tensors identical" in out
-    assert "all 6 layers and 3 other tensors identical" in ok("verify", tmp_path / "awq", "--against", src)
+    assert "all 6 layers, 3 other tensors and 1 other file(s) identical" in out
+    assert "all 6 layers, 3 other tensors and 1 other file(s) identical" in ok("verify", tmp_path / "awq", "--against", src)
 
 
 @pytest.mark.parametrize("edit, what", [
@@ -134,6 +134,26 @@ def test_verify_json_like_summary_counts_every_layer(example):
     a = example("awq", shards=2, name="a")
     b = example("awq", shards=1, name="b")  # same tensors, other sharding
     out = ok("verify", a, "--against", b)
-    assert "all 6 layers and 3 other tensors identical" in out
+    assert "all 6 layers, 3 other tensors and 1 other file(s) identical" in out
     index = json.loads((a / "model.safetensors.index.json").read_text())
     assert len(index["weight_map"]) == 6 * 3 + 3
+
+
+def test_other_files_are_compared_too(pair, tmp_path):
+    src, copy = pair
+    (src / "tokenizer.json").write_text('{"a": 1}')
+    (copy / "tokenizer.json").write_text('{"a": 2}')
+    (copy / "generation_config.json").write_text("{}")
+    config = json.loads((copy / "config.json").read_text())
+    config["hidden_size"] = 1
+    (copy / "config.json").write_text(json.dumps(config))
+    out = run("verify", copy, "--against", src)
+    assert out.returncode == 1
+    for line in ("tokenizer.json: MISMATCH (differs)", "generation_config.json: MISMATCH (missing in",
+                 "config.json: MISMATCH (differs (besides quantization_config))"):
+        assert line in out.stdout, out.stdout
+    (src / "tokenizer.json").write_text('{"a": 2}')
+    (src / "generation_config.json").write_text("{}")
+    (src / "config.json").write_text(json.dumps(config))
+    ok("convert", src, tmp_path / "awq2", "--to", "awq")  # the config differs only in quantization_config
+    assert "3 other file(s) identical" in ok("verify", tmp_path / "awq2", "--against", copy)
