@@ -267,7 +267,7 @@ def verify(path, against, follow_symlinks: bool = False) -> int:
     if against is None:
         return _verify_backends(ckpt, layers)
     other = ck.open_checkpoint(against, follow_symlinks)
-    return _verify_against(ckpt, layers, other, ck.find_layers(other))
+    return _verify_against(ckpt, layers, other, ck.find_layers(other), follow_symlinks)
 
 
 def _verify_backends(ckpt, layers) -> int:
@@ -315,7 +315,7 @@ def _settings(layer) -> str:
     return f"{kw['bits']}-bit, group_size {kw['group_size']}"
 
 
-def _verify_against(a, layers_a, b, layers_b) -> int:
+def _verify_against(a, layers_a, b, layers_b, follow_symlinks: bool) -> int:
     print(f"{a.path} against {b.path}: every tensor; quantized layers by their golden (NumPy) dequantization and "
           "their bits and group size, other tensors byte for byte")
     by_a, by_b = {x.prefix: x for x in layers_a}, {x.prefix: x for x in layers_b}
@@ -357,22 +357,22 @@ def _verify_against(a, layers_a, b, layers_b) -> int:
         same += problem is None
         bad += _report(name, problem)
     print(f"  {same} other tensor(s) identical")
-    files_bad, files = _compare_files(a, b)
+    files_bad, files = _compare_files(a, b, follow_symlinks)
     return _summary(bad + files_bad, f"{len(by_a.keys() | by_b.keys())} layers, {len(rest_a.keys() | rest_b.keys())} "
                                      f"other tensors and {files} other file(s)")
 
 
-def _other_files(ckpt) -> dict[str, Path]:
+def _other_files(ckpt, follow_symlinks: bool) -> dict[str, Path]:
     """The files of a checkpoint besides its tensors, index and quantization config, by
     relative path (config.json is compared without its quantization_config)."""
     skip = set(ckpt.files) | {ck.INDEX_FILE, "quantization_config.json", "quantize_config.json", fs.MARKER}
-    return {rel: ckpt.path / rel for rel, kind in fs.source_entries(ckpt.path, skip, follow_symlinks=True)
+    return {rel: ckpt.path / rel for rel, kind in fs.source_entries(ckpt.path, skip, follow_symlinks)
             if kind != "dir"}
 
 
-def _compare_files(a, b) -> tuple[int, int]:
+def _compare_files(a, b, follow_symlinks: bool) -> tuple[int, int]:
     """(differences, files compared) among the other files of two checkpoints."""
-    fa, fb = _other_files(a), _other_files(b)
+    fa, fb = _other_files(a, follow_symlinks), _other_files(b, follow_symlinks)
     bad = 0
     for rel in sorted(fa.keys() | fb.keys()):
         if rel not in fa or rel not in fb:

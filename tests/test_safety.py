@@ -361,3 +361,18 @@ def test_partial_output_of_an_older_incq_is_named_not_removed(example, tmp_path)
     out = run("convert", src, tmp_path / "out", "--to", "awq")
     assert out.returncode == 0 and f"{old}" in out.stderr and "remove it if no conversion is running" in out.stderr
     assert old.exists()
+
+
+def test_a_destination_reached_through_a_symlink_into_src_is_refused(example, tmp_path):
+    src = example("gptq", shards=1)
+    (tmp_path / "door").symlink_to(src)
+    fails("convert", src, tmp_path / "door" / "out", "--to", "awq", match="inside SRC")
+    assert not (src / "out").exists()
+
+
+def test_verify_reads_nothing_outside_either_checkpoint(example, tmp_path):
+    src = example("gptq", shards=1)
+    (tmp_path / "secret.txt").write_text("x")
+    (src / "notes.txt").symlink_to(tmp_path / "secret.txt")
+    fails("verify", src, "--against", src, match="notes.txt is a symlink to")
+    assert "identical" in ok("verify", src, "--against", src, "--follow-symlinks")
