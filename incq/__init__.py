@@ -15,12 +15,15 @@ from ._api import (
     pack,
     pack_zeros,
     quantize,
+    repack,
+    repack_zeros,
     unpack,
     unpack_zeros,
     w4a16_matmul,
 )
 from ._config import config_kwargs
 from ._errors import IncqError, IncqWarning
+from ._formats import FORMATS
 from ._layout import AWQ_ORDER, AWQ_REVERSE_ORDER
 from ._layouts import CpuLayout, TorchLayout, XpuLayout
 
@@ -30,6 +33,7 @@ __all__ = [
     "AWQ_ORDER",
     "AWQ_REVERSE_ORDER",
     "CpuLayout",
+    "FORMATS",
     "IncqError",
     "IncqWarning",
     "TorchLayout",
@@ -45,6 +49,8 @@ __all__ = [
     "pack",
     "pack_zeros",
     "quantize",
+    "repack",
+    "repack_zeros",
     "unpack",
     "unpack_zeros",
     "w4a16_matmul",

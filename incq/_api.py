@@ -10,6 +10,7 @@ import warnings
 from . import _dispatch, _layouts
 from . import _validate as v
 from ._errors import IncqWarning
+from ._formats import FORMATS
 from ._layout import values_per_block, words_per_block
 from ._layouts import make_cpu_layout, make_xpu_layout
 
@@ -107,10 +108,52 @@ def gptq_to_awq(qweight, bits=4, *, backend=None):
     return _dispatch.backend_for(fn, {"qweight": qweight}, backend).gptq_to_awq(qweight, bits)
 
 
+def repack(qweight, bits=4, *, src, dst, backend=None):
+    """qweight words of one format -> the same codes in another (``src`` / ``dst``: ``packing``
+    names, e.g. ``"awq"`` -> ``"gptq"``). Lossless; refuses a width ``dst`` cannot hold.
+
+    >>> import numpy as np, incq
+    >>> awq = np.array([[0x86427531]], dtype=np.uint32).view(np.int32)          # K = 1, N = 8
+    >>> incq.repack(np.repeat(awq, 8, axis=0), 4, src="awq", dst="gptq").shape   # K = 8
+    (1, 8)
+    """
+    fn = "repack"
+    bits = v.check_bits(fn, bits)
+    src, _ = v.check_packing(fn, src, bits, 0, name="src")
+    dst, _ = v.check_packing(fn, dst, bits, 0, name="dst")
+    qweight = v.check_packed(fn, "qweight", qweight, ndim=2)
+    k, n = v.logical_shape(tuple(qweight.shape), bits, src)
+    v.check_layer_shape(fn, "qweight", (k, n), bits, dst)
+    return _dispatch.backend_for(fn, {"qweight": qweight}, backend).repack(qweight, bits, src, dst)
+
+
+def repack_zeros(qzeros, bits=4, *, src, dst, src_zero_offset=0, dst_zero_offset=0, on_zero="raise", backend=None):
+    """Stored qzeros of one format and convention -> another's (``unpack_zeros`` then
+    ``pack_zeros``; ``on_zero`` as in :func:`pack_zeros` for a zero point of 0 under v1).
+
+    >>> import numpy as np, incq
+    >>> awq = np.array([[0x86427531]], dtype=np.uint32).view(np.int32)
+    >>> hex(incq.repack_zeros(awq, 4, src="awq", dst="gptq", dst_zero_offset=1).view(np.uint32)[0, 0])
+    '0x76543210'
+    """
+    fn = "repack_zeros"
+    bits = v.check_bits(fn, bits)
+    src, src_zero_offset = v.check_packing(fn, src, bits, src_zero_offset, name="src")
+    dst, dst_zero_offset = v.check_packing(fn, dst, bits, dst_zero_offset, name="dst")
+    on_zero = v.check_str_choice(fn, "on_zero", on_zero, v.ON_ZERO)
+    qzeros = _check_qzeros(fn, qzeros, bits, src)
+    n = qzeros.shape[1] * values_per_block(bits) // words_per_block(bits)
+    if n % values_per_block(bits):
+        raise v.fail(fn, "qzeros", f"needs N divisible by {values_per_block(bits)}", f"N = {n}")
+    chosen = _dispatch.backend_for(fn, {"qzeros": qzeros}, backend)
+    zeros = chosen.unpack_zeros(qzeros, bits, src, src_zero_offset)
+    return _encode_zeros(fn, chosen, zeros, bits, dst, dst_zero_offset, on_zero)
+
+
 def _check_qzeros(fn, qzeros, bits, packing):
     qzeros = v.check_packed(fn, "qzeros", qzeros, ndim=2)
     words = words_per_block(bits)
-    v.check_divisible(fn, "qzeros", qzeros, 1, 1 if packing == "awq" else words, "columns")
+    v.check_divisible(fn, "qzeros", qzeros, 1, words, "columns")
     return qzeros
 
 
@@ -138,7 +181,7 @@ def unpack_zeros(qzeros, bits=4, *, packing="gptq", zero_offset=0, backend=None)
 
 def _encode_zeros(fn, backend, zeros, bits, packing, zero_offset, on_zero):
     """Shared tail of pack_zeros / awq_zeros_to_gptq: the z = 0 policy, then the encoder."""
-    count = backend.count_equal(zeros, 0) if zero_offset and packing == "gptq" else 0
+    count = backend.count_equal(zeros, 0) if zero_offset else 0
     if count:
         where = backend.first_index_equal(zeros, 0)
         if on_zero == "raise":
@@ -178,7 +221,7 @@ def pack_zeros(zeros, bits=4, *, packing="gptq", zero_offset=0, on_zero="raise",
     on_zero = v.check_str_choice(fn, "on_zero", on_zero, v.ON_ZERO)
     zeros = v.check_codes(fn, "zeros", zeros, bits, ndim=2)
     per_block = values_per_block(bits)
-    v.check_divisible(fn, "zeros", zeros, 1, 8 if packing == "awq" else per_block, "columns (N)")
+    v.check_divisible(fn, "zeros", zeros, 1, per_block, "columns (N)")
     chosen = _dispatch.backend_for(fn, {"zeros": zeros}, backend)
     return _encode_zeros(fn, chosen, zeros, bits, packing, zero_offset, on_zero)
 
@@ -277,11 +320,9 @@ def quantize(w, *, bits=4, group_size=128, sym=True, packing="gptq", zero_offset
     v.check_not_empty(fn, "w", w)
     g = v.check_group_size(fn, group_size, w.shape[0])
     per_block = values_per_block(bits)
-    if packing == "gptq":
+    if FORMATS[packing].weight_axis == 0:
         v.check_divisible(fn, "w", w, 0, per_block, "rows (K)")
-        v.check_divisible(fn, "w", w, 1, per_block, "columns (N, for the packed zeros)")
-    else:
-        v.check_divisible(fn, "w", w, 1, 8, "columns (N)")
+    v.check_divisible(fn, "w", w, 1, per_block, "columns (N)")
     return _dispatch.backend_for(fn, {"w": w}, backend).quantize(w, bits, g, sym, packing, zero_offset)
 
 
@@ -330,6 +371,8 @@ __all__ = [
     "unpack",
     "awq_to_gptq",
     "gptq_to_awq",
+    "repack",
+    "repack_zeros",
     "unpack_zeros",
     "pack_zeros",
     "awq_zeros_to_gptq",

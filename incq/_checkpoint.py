@@ -20,9 +20,10 @@ import numpy as np
 
 from . import _api, _fs
 from ._bridge import to_host
-from ._config import AUTOROUND_METHODS, config_kwargs, layer_settings
+from ._config import EXAMPLE_FORMATS, config_kwargs, example_config, layer_settings
 from ._errors import IncqError
-from ._layout import logical_shape, values_per_block, words_per_block
+from . import _formats as formats
+from ._layout import logical_shape, packed_shape, values_per_block, words_per_block
 
 CONFIG_FILES = ("config.json", "quantization_config.json", "quantize_config.json")
 INDEX_FILE = "model.safetensors.index.json"
@@ -174,20 +175,12 @@ def read_tensor(ckpt: Checkpoint, name: str):
         raise CheckpointError(f"{ckpt.path / info.file}: cannot read tensor {name} ({e})") from None
 
 
-def is_sym(quant_config: dict) -> bool:
-    if str(quant_config.get("quant_method", "")).lower() == "awq":
-        return not quant_config.get("zero_point", True)
-    return bool(quant_config.get("sym", True))
-
-
 def expected_shapes(kwargs: dict, k: int, n: int) -> dict[str, tuple[int, ...]]:
+    """The shapes of a layer's tensors in its format, for a weight of K x N."""
     bits, g = kwargs["bits"], kwargs["group_size"]
     groups = 1 if g == -1 else k // g
-    if kwargs["packing"] == "awq":
-        zeros = (groups, n // 8)
-    else:
-        zeros = (groups, n * words_per_block(bits) // values_per_block(bits))
-    return {"scales": (groups, n), "qzeros": zeros, "g_idx": (k,)}
+    return {"qweight": packed_shape(k, n, bits, kwargs["packing"]), "scales": (groups, n),
+            "qzeros": (groups, n * words_per_block(bits) // values_per_block(bits)), "g_idx": (k,)}
 
 
 def find_layers(ckpt: Checkpoint, problems: list | None = None) -> list[Layer]:
@@ -259,7 +252,7 @@ def anomalies(ckpt: Checkpoint, layer: Layer) -> list[str]:
     bad = int(np.count_nonzero(~np.isfinite(scales)))
     if bad:
         found.append(f"{layer.prefix}: {bad} non-finite scale(s)")
-    if "qzeros" in layer.tensors and packing == "gptq":
+    if "qzeros" in layer.tensors and 1 in formats.get(packing).zero_offsets:
         qzeros = to_host(read_tensor(ckpt, layer.tensors["qzeros"]))
         as_v1 = _api.unpack_zeros(qzeros, bits, zero_offset=1)
         as_raw = _api.unpack_zeros(qzeros, bits, zero_offset=0)
@@ -282,36 +275,7 @@ def anomalies(ckpt: Checkpoint, layer: Layer) -> list[str]:
     return found
 
 
-def describe_format(quant_config: dict) -> str:
-    method = str(quant_config.get("quant_method", "")).lower()
-    if method in AUTOROUND_METHODS:
-        return f"AutoRound ({quant_config.get('packing_format', 'auto_round:auto_gptq')})"
-    if method == "awq":
-        return f"AWQ ({quant_config.get('version', 'gemm')})"
-    return f"GPTQ ({quant_config.get('checkpoint_format', 'gptq')})"
-
-
 # --------------------------------------------------------------------------- convert
-
-
-def target_config(quant_config: dict, to: str, zero_offset: int) -> dict:
-    """The quantization config that the target loaders read for the converted checkpoint."""
-    cfg = dict(quant_config)
-    method = str(cfg.get("quant_method", "")).lower()
-    if method in AUTOROUND_METHODS:
-        cfg["packing_format"] = ("auto_round:auto_awq" if to == "awq"
-                                 else "auto_round:auto_gptq" if zero_offset else "auto_round:gptqmodel")
-        return cfg
-    bits = cfg.get("bits", cfg.get("w_bit", 4))
-    group = cfg.get("group_size", cfg.get("q_group_size", 128))
-    if to == "awq":
-        return {"quant_method": "awq", "version": "gemm", "bits": bits, "group_size": group, "zero_point": True,
-                "modules_to_not_convert": cfg.get("modules_to_not_convert")}
-    if method == "awq":
-        cfg = {"quant_method": "gptq", "bits": bits, "group_size": group, "desc_act": False,
-               "sym": not cfg.get("zero_point", True)}
-    cfg["checkpoint_format"] = "gptq" if zero_offset else "gptq_v2"
-    return cfg
 
 
 class TensorJob(NamedTuple):
@@ -329,20 +293,25 @@ class TensorJob(NamedTuple):
 
 
 def plan_conversion(ckpt: Checkpoint, layers: list[Layer], to: str, zero_offset: int) -> dict[str, list[TensorJob]]:
-    """Per output file, the tensors to write. Refuses, naming the layer, what the target cannot hold."""
-    dst = ("awq", 0) if to == "awq" else ("gptq", zero_offset)
+    """Per output file, the tensors to write in format ``to`` with ``zero_offset``. Refuses,
+    naming the layer, what the target cannot hold."""
+    target = formats.get(to)
+    dst = (to, zero_offset)
     by_tensor: dict[str, Layer] = {}
     for layer in layers:
         kw = layer.kwargs
-        if to == "awq":
-            if kw["bits"] != 4:
-                raise CheckpointError(f"{layer.prefix}: {kw['bits']}-bit weights cannot be stored in AWQ, which packs "
-                                      "4-bit codes only")
-            if "g_idx" in layer.tensors and not trivial_g_idx(read_tensor(ckpt, layer.tensors["g_idx"]), layer.k,
-                                                              kw["group_size"]):
-                raise CheckpointError(f"{layer.prefix}: act-order (a g_idx that is not k // group_size) cannot be "
-                                      "stored in AWQ, which has no g_idx")
-        if dst == ("gptq", 1) and "qzeros" in layer.tensors:
+        if kw["bits"] not in target.bits:
+            raise CheckpointError(f"{layer.prefix}: {kw['bits']}-bit weights cannot be stored in {target.title}, which "
+                                  f"packs {'/'.join(map(str, target.bits))}-bit codes only")
+        along = "KN"[target.weight_axis]
+        if (layer.k, layer.n)[target.weight_axis] % values_per_block(kw["bits"]):
+            raise CheckpointError(f"{layer.prefix}: {target.title} packs along {along}, which must be a multiple of "
+                                  f"{values_per_block(kw['bits'])} (K x N = {layer.k} x {layer.n})")
+        if not target.act_order and "g_idx" in layer.tensors and not trivial_g_idx(
+                read_tensor(ckpt, layer.tensors["g_idx"]), layer.k, kw["group_size"]):
+            raise CheckpointError(f"{layer.prefix}: act-order (a g_idx that is not k // group_size) cannot be "
+                                  f"stored in {target.title}, which has no g_idx")
+        if zero_offset == 1 and "qzeros" in layer.tensors:
             qzeros = to_host(read_tensor(ckpt, layer.tensors["qzeros"]))
             z = _api.unpack_zeros(qzeros, kw["bits"], packing=kw["packing"], zero_offset=kw["zero_offset"])
             zeros = int(np.count_nonzero(z == 0))
@@ -360,21 +329,18 @@ def plan_conversion(ckpt: Checkpoint, layers: list[Layer], to: str, zero_offset:
         kw = layer.kwargs
         src = (kw["packing"], kw["zero_offset"])
         part = name[len(layer.prefix) + 1 :]
-        if part == "g_idx" and to == "awq":
-            continue  # trivial (checked above); AWQ has no g_idx
+        if part == "g_idx" and not target.act_order:
+            continue  # trivial (checked above), and the target has no g_idx
         if part == "qweight":
-            if src[0] == dst[0]:
-                shape = info.shape
-            else:
-                shape = (layer.k, layer.n // 8) if dst[0] == "awq" else (layer.k // 8, layer.n)
+            shape = packed_shape(layer.k, layer.n, kw["bits"], to)
             plan[info.file].append(TensorJob(name, "I32", shape, "qweight", name, kw["bits"], src, dst))
         elif part == "qzeros":
             plan[info.file].append(TensorJob(name, "I32", info.shape, "qzeros", name, kw["bits"], src, dst))
         else:
             plan[info.file].append(TensorJob(name, info.dtype, info.shape, "copy", name, 0, (), ()))
-        if part == "qweight" and "qzeros" not in layer.tensors and dst[0] == "awq":
-            groups = expected_shapes(kw, layer.k, layer.n)["scales"][0]
-            plan[info.file].append(TensorJob(f"{layer.prefix}.qzeros", "I32", (groups, layer.n // 8), "new_qzeros", name,
+        if part == "qweight" and "qzeros" not in layer.tensors and target.zeros_stored:
+            shape = expected_shapes({**kw, "packing": to}, layer.k, layer.n)["qzeros"]
+            plan[info.file].append(TensorJob(f"{layer.prefix}.qzeros", "I32", shape, "new_qzeros", name,
                                              kw["bits"], src, dst))
     return plan
 
@@ -387,16 +353,16 @@ def run_job(job: TensorJob, data):
     if job.action == "qweight":
         if src_packing == dst_packing:
             return data
-        return _api.awq_to_gptq(data, bits) if dst_packing == "gptq" else _api.gptq_to_awq(data, bits)
+        return _api.repack(data, bits, src=src_packing, dst=dst_packing)
     if job.action == "qzeros":
         if (src_packing, src_offset) == (dst_packing, dst_offset):
             return data
-        zeros = _api.unpack_zeros(data, bits, packing=src_packing, zero_offset=src_offset)
-        return _api.pack_zeros(zeros, bits, packing=dst_packing, zero_offset=dst_offset)
+        return _api.repack_zeros(data, bits, src=src_packing, dst=dst_packing, src_zero_offset=src_offset,
+                                 dst_zero_offset=dst_offset)
     # new_qzeros: a symmetric layer's implicit zero point, stored
     groups, words = job.shape
     mid = 1 << (bits - 1)
-    full = np.full((groups, words * 8), mid, dtype=np.uint8)
+    full = np.full((groups, words * values_per_block(bits) // words_per_block(bits)), mid, dtype=np.uint8)
     zeros = full if isinstance(data, np.ndarray) else torch_or_none().from_numpy(full)
     return _api.pack_zeros(zeros, bits, packing=dst_packing, zero_offset=dst_offset)
 
@@ -463,17 +429,6 @@ def file_metadata(ckpt: Checkpoint, file: str) -> dict | None:
 # --------------------------------------------------------------------------- example
 
 
-#: ``incq example --format`` -> (quantization config, packing, zero_offset)
-EXAMPLE_FORMATS = {
-    "auto_round:auto_awq": ({"quant_method": "auto-round", "packing_format": "auto_round:auto_awq"}, "awq", 0),
-    "auto_round:auto_gptq": ({"quant_method": "auto-round", "packing_format": "auto_round:auto_gptq"}, "gptq", 1),
-    "auto_round:gptqmodel": ({"quant_method": "auto-round", "packing_format": "auto_round:gptqmodel"}, "gptq", 0),
-    "gptq": ({"quant_method": "gptq", "checkpoint_format": "gptq", "desc_act": False}, "gptq", 1),
-    "gptq_v2": ({"quant_method": "gptq", "checkpoint_format": "gptq_v2", "desc_act": False}, "gptq", 0),
-    "awq": ({"quant_method": "awq", "version": "gemm", "zero_point": True}, "awq", 0),
-}
-
-
 def write_example(path: Path, fmt: str, shards: int = 2, layers: int = 2, hidden: int = 512, inner: int = 1024,
                   seed: int = 0) -> None:
     """A small synthetic Llama-shaped checkpoint in ``fmt``: 4-bit, group 128, asymmetric, fp16
@@ -493,8 +448,7 @@ def write_example(path: Path, fmt: str, shards: int = 2, layers: int = 2, hidden
             tensors.update({f"{prefix}.qweight": qweight, f"{prefix}.scales": scales, f"{prefix}.qzeros": qzeros})
         tensors[f"model.layers.{i}.input_layernorm.weight"] = np.ones(hidden, dtype=np.float16)
     quant = {**base, "bits": 4, "group_size": 128, "sym": False}
-    if fmt == "awq":
-        quant = {**base, "w_bit": 4, "q_group_size": 128}
+    quant = example_config(fmt, quant)
     path.mkdir(parents=True)
     (path / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"], "hidden_size": hidden,
                                                   "intermediate_size": inner, "num_hidden_layers": layers,

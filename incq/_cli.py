@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from . import _checkpoint as ck
+from . import _formats as formats
 from . import _fs as fs
 from ._errors import IncqError
 
@@ -35,17 +36,18 @@ def inspect(path, as_json: bool, follow_symlinks: bool = False) -> int:
     ckpt = ck.open_checkpoint(path, follow_symlinks)
     found: list[str] = []  # shapes that contradict the config first, then what the values show
     layers = ck.find_layers(ckpt, problems=found)
-    from ._config import config_kwargs
+    from ._config import config_kwargs, describe_format, layer_settings
 
     base = config_kwargs(ckpt.quant_config)
+    base_settings = layer_settings(ckpt.quant_config, None)
     found += [a for layer in layers for a in ck.anomalies(ckpt, layer)]
     report = {
         "path": str(ckpt.path),
-        "format": ck.describe_format(ckpt.quant_config),
+        "format": describe_format(ckpt.quant_config),
         "config_file": ckpt.config_file,
         "bits": base["bits"],
         "group_size": base["group_size"],
-        "symmetric": ck.is_sym(ckpt.quant_config),
+        "symmetric": base_settings["sym"],
         "packing": base["packing"],
         "zero_points": "v1 (stored z - 1)" if base["zero_offset"] else "raw (stored z)",
         "files": list(ckpt.files),
@@ -124,9 +126,9 @@ def convert(src, dst, to: str | None, zeros: str | None, force: bool = False, wo
             follow_symlinks: bool = False, runtime: str | None = None) -> int:
     from . import _targets
 
-    if zeros is not None and to != "gptq":
-        raise ck.CheckpointError("--zeros applies to --to gptq only (AWQ and the runtime targets choose their own "
-                                 "zero points)")
+    if zeros is not None and (to is None or formats.get(to).zero_offsets != (0, 1)):
+        raise ck.CheckpointError(f"--zeros applies to --to gptq only ({'the runtime target' if to is None else to} "
+                                 "has one zero-point convention)")
     if not Path(src).is_dir():
         raise ck.CheckpointError(f"{src}: no such checkpoint directory")
     src, dst = Path(src).resolve(), destination(dst)
@@ -136,9 +138,11 @@ def convert(src, dst, to: str | None, zeros: str | None, force: bool = False, wo
     if runtime is not None:
         to, zero_offset, sym = _targets.choose_for_runtime(ckpt, layers, runtime)
     else:
-        zero_offset = 0 if to == "awq" or zeros == "raw" else 1
-        # symmetric data is stated symmetric in GPTQ (the form runtimes serve; same weights)
-        sym = True if to == "gptq" and all(_targets.effectively_symmetric(ckpt, x) for x in layers) else None
+        zero_offset = max(formats.get(to).zero_offsets) if zeros != "raw" else 0
+        # symmetric data is stated symmetric where zero points may be absent (the form runtimes
+        # serve; the same weights)
+        symmetric = not formats.get(to).zeros_stored and all(_targets.effectively_symmetric(ckpt, x) for x in layers)
+        sym = True if symmetric else None
     plan = ck.plan_conversion(ckpt, layers, to, zero_offset)
     new_config = _targets.target_config(ckpt, layers, to, zero_offset, sym)
     fs.remove_stale_partials(dst.parent, lambda line: print(f"incq convert: {line}", file=sys.stderr))
@@ -419,6 +423,8 @@ def _positive(text: str) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     from . import __version__
+    from ._config import EXAMPLE_FORMATS
+    from ._formats import FORMATS
     from ._targets import RUNTIMES
 
     parser = argparse.ArgumentParser(prog="incq", description="Quantized checkpoint layouts (GPTQ, AWQ, AutoRound), "
@@ -435,7 +441,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("src")
     p.add_argument("dst")
     target = p.add_mutually_exclusive_group(required=True)
-    target.add_argument("--to", choices=["gptq", "awq"], help="the packing to write")
+    target.add_argument("--to", choices=list(FORMATS), help="the packing to write")
     target.add_argument("--for", dest="runtime", choices=sorted(RUNTIMES),
                         help="write the lossless form this runtime serves (or refuse, saying why)")
     p.add_argument("--zeros", choices=["v1", "raw"], default=None,
@@ -454,7 +460,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="a smaller layer and fewer runs")
     p = sub.add_parser("example", help="write a small synthetic AutoRound checkpoint")
     p.add_argument("path")
-    p.add_argument("--format", default="auto_round:auto_awq", choices=sorted(ck.EXAMPLE_FORMATS))
+    p.add_argument("--format", default="auto_round:auto_awq", choices=sorted(EXAMPLE_FORMATS))
     p.add_argument("--shards", type=_positive, default=2)
     p = sub.add_parser("check", help="self-check every layout on a synthetic layer")
     p.add_argument("--k", type=int, default=2048)

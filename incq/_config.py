@@ -306,3 +306,33 @@ def _awq(fn: str, cfg: Mapping[str, Any], layer: str | None) -> dict[str, Any] |
     sym = _Value(not _flag(fn, zero_point), zero_point.path)
     return _result(fn, bits, group_size, sym, None, "awq", 0)
 
+
+# --------------------------------------------------------------------------- describing and examples
+
+
+def describe_format(quant_config: dict) -> str:
+    method = str(quant_config.get("quant_method", "")).lower()
+    if method in AUTOROUND_METHODS:
+        return f"AutoRound ({quant_config.get('packing_format', 'auto_round:auto_gptq')})"
+    if method == "awq":
+        return f"AWQ ({quant_config.get('version', 'gemm')})"
+    return f"GPTQ ({quant_config.get('checkpoint_format', 'gptq')})"
+
+
+#: ``incq example --format`` -> (quantization config, packing, zero_offset)
+EXAMPLE_FORMATS = {
+    "auto_round:auto_awq": ({"quant_method": "auto-round", "packing_format": "auto_round:auto_awq"}, "awq", 0),
+    "auto_round:auto_gptq": ({"quant_method": "auto-round", "packing_format": "auto_round:auto_gptq"}, "gptq", 1),
+    "auto_round:gptqmodel": ({"quant_method": "auto-round", "packing_format": "auto_round:gptqmodel"}, "gptq", 0),
+    "gptq": ({"quant_method": "gptq", "checkpoint_format": "gptq", "desc_act": False}, "gptq", 1),
+    "gptq_v2": ({"quant_method": "gptq", "checkpoint_format": "gptq_v2", "desc_act": False}, "gptq", 0),
+    "awq": ({"quant_method": "awq", "version": "gemm", "zero_point": True}, "awq", 0),
+}
+
+
+def example_config(fmt: str, quant: dict) -> dict:
+    """The quantization config ``incq example --format fmt`` writes (AWQ names its keys its own way)."""
+    if quant.get("quant_method") == "awq":
+        return {k: v for k, v in {**quant, "w_bit": quant["bits"], "q_group_size": quant["group_size"]}.items()
+                if k not in ("bits", "group_size", "sym")}
+    return quant

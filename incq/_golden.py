@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 from einops import rearrange
 
+from . import _formats as formats
 from ._layout import AWQ_ORDER, AWQ_REVERSE_ORDER, v1_offset_block, values_per_block, words_per_block
 
 _MASK32 = np.uint64(0xFFFFFFFF)
@@ -74,11 +75,19 @@ def unpack(packed: np.ndarray, bits: int, axis: int, order: str) -> np.ndarray:
 
 
 def awq_to_gptq(qweight: np.ndarray, bits: int) -> np.ndarray:
-    return pack(unpack(qweight, bits, 1, "awq"), bits, 0, "sequential")
+    return pack_weight(unpack_weight(qweight, bits, formats.AWQ.name), bits, formats.GPTQ.name)
 
 
 def gptq_to_awq(qweight: np.ndarray, bits: int) -> np.ndarray:
-    return pack(unpack(qweight, bits, 0, "sequential"), bits, 1, "awq")
+    return pack_weight(unpack_weight(qweight, bits, formats.GPTQ.name), bits, formats.AWQ.name)
+
+
+def repack(qweight, bits: int, src: str, dst: str):
+    """qweight words of format ``src`` -> the same codes in format ``dst``."""
+    a, b = formats.get(src), formats.get(dst)
+    if (a.weight_axis, a.weight_order) == (b.weight_axis, b.weight_order):
+        return qweight.copy()
+    return pack_weight(unpack_weight(qweight, bits, src), bits, dst)
 
 
 # --------------------------------------------------------------------------- zero points
@@ -102,19 +111,16 @@ def add_block_constant(words: np.ndarray, bits: int, constant: tuple[int, ...]) 
 
 
 def unpack_zeros(qzeros: np.ndarray, bits: int, packing: str, zero_offset: int) -> np.ndarray:
-    """Stored zero words ``[G, N*b/32]`` -> zero points ``[G, N]`` (uint8)."""
-    if packing == "awq":
-        return unpack(qzeros, bits, 1, "awq")
+    """Stored zero words ``[G, N*b/32]`` -> zero points ``[G, N]`` (uint8); v1 adds the block of
+    ones to each packed block first (``specs/zero-points.md``)."""
     if zero_offset:
         qzeros = add_block_constant(qzeros, bits, v1_offset_block(bits, +1))
-    return unpack(qzeros, bits, 1, "sequential")
+    return unpack(qzeros, bits, 1, formats.get(packing).zeros_order)
 
 
 def pack_zeros(zeros: np.ndarray, bits: int, packing: str, zero_offset: int) -> np.ndarray:
     """Zero points ``[G, N]`` -> stored zero words; v1 subtracts one with borrows (GPTQModel)."""
-    if packing == "awq":
-        return pack(zeros, bits, 1, "awq")
-    words = pack(zeros, bits, 1, "sequential")
+    words = pack(zeros, bits, 1, formats.get(packing).zeros_order)
     if zero_offset:
         words = add_block_constant(words, bits, v1_offset_block(bits, -1))
     return words
@@ -125,9 +131,14 @@ def pack_zeros(zeros: np.ndarray, bits: int, packing: str, zero_offset: int) -> 
 
 def unpack_weight(qweight: np.ndarray, bits: int, packing: str) -> np.ndarray:
     """Checkpoint qweight -> codes ``[K, N]`` (uint8)."""
-    if packing == "awq":
-        return unpack(qweight, bits, 1, "awq")
-    return unpack(qweight, bits, 0, "sequential")
+    fmt = formats.get(packing)
+    return unpack(qweight, bits, fmt.weight_axis, fmt.weight_order)
+
+
+def pack_weight(q: np.ndarray, bits: int, packing: str) -> np.ndarray:
+    """Codes ``[K, N]`` -> the format's qweight words."""
+    fmt = formats.get(packing)
+    return pack(q, bits, fmt.weight_axis, fmt.weight_order)
 
 
 def group_index(k: int, group_size: int, g_idx: np.ndarray | None) -> np.ndarray:
@@ -191,16 +202,13 @@ def quantize(w, bits, group_size, sym, packing, zero_offset, scale_dtype=None):
         scale = (hi - lo) / maxq
         scale = np.where(scale == 0, 1.0, scale)
         scales = round_scales(scale, w.dtype if scale_dtype is None else scale_dtype)
-        zmin = 1 if (zero_offset and packing == "gptq") else 0
+        zmin = 1 if zero_offset else 0
         zeros = np.clip(np.rint(-lo / scales.astype(np.float64)), zmin, maxq).astype(np.int64)
     s = scales.astype(np.float64)
     q = np.clip(np.rint(groups / s[:, None, :]) + zeros[:, None, :], 0, maxq)
     q = rearrange(q, "G g n -> (G g) n").astype(np.uint8)
     zeros = zeros.astype(np.uint8)
-    if packing == "awq":
-        qweight = pack(q, bits, 1, "awq")
-    else:
-        qweight = pack(q, bits, 0, "sequential")
+    qweight = pack_weight(q, bits, packing)
     qzeros = pack_zeros(zeros, bits, packing, zero_offset)
     g_idx = (np.arange(k) // g).astype(np.int32)
     return qweight, scales, qzeros, g_idx

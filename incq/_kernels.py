@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 
 from . import _torch as T
+from ._formats import CANONICAL
 from ._layouts import CpuLayout, TorchLayout, XpuLayout
 
 #: group sizes PyTorch's CPU int4 kernel accepts
@@ -30,7 +31,7 @@ _VLLM_IMPORT_TRIED = False
 
 def _gptq_raw(qweight, qzeros, bits, packing, zero_offset):
     """GPTQ words ``[K/8, N]`` and raw zero points ``uint8 [G, N]`` (None when not stored)."""
-    words = T.awq_to_gptq(qweight, bits) if packing == "awq" else qweight.contiguous()
+    words = T.repack(qweight, bits, packing, CANONICAL.name).contiguous()
     zeros = None if qzeros is None else T.unpack_zeros(qzeros, bits, packing, zero_offset)
     return words, zeros
 
@@ -107,7 +108,7 @@ def make_cpu_layout(qweight, scales, qzeros, g_idx, bits, group_size, packing, z
     z = torch.full_like(scales, 8, dtype=torch.float32) if zeros is None else zeros.to(torch.float32)
     s = scales.to(torch.float32)
     scales_and_zeros = torch.stack([s, (8 - z) * s], -1).to(torch.bfloat16).contiguous()
-    raw = None if zeros is None else T.pack_zeros(zeros, 4, "gptq", 0)
+    raw = None if zeros is None else T.pack_zeros(zeros, 4, CANONICAL.name, 0)
     return CpuLayout(weight, scales_and_zeros, words, scales, raw, perm, group_size)
 
 
@@ -187,7 +188,7 @@ def _xpu_matmul(x2, L: XpuLayout, bias):
         )
     else:
         zeros = T.pack(L.zeros_int8.to(torch.uint8), 4, 1, "sequential")
-        w = T._dequantize(L.qweight.contiguous(), L.scales, zeros, None, 4, L.group_size, "gptq", 0, x2.dtype)
+        w = T._dequantize(L.qweight.contiguous(), L.scales, zeros, None, 4, L.group_size, CANONICAL.name, 0, x2.dtype)
         y = xs @ w
     return y if bias is None else y + bias.to(y.dtype)
 
@@ -219,7 +220,7 @@ def _cpu_matmul(x2, L: CpuLayout, bias):
         for n0 in range(0, n, CPU_BLOCK_COLUMNS):
             n1 = min(n, n0 + CPU_BLOCK_COLUMNS)
             zeros = None if L.qzeros is None else L.qzeros[:, n0 // 8 : n1 // 8]
-            w = T._dequantize(L.qweight[:, n0:n1], L.scales[:, n0:n1], zeros, None, 4, g, "gptq", 0, compute)
+            w = T._dequantize(L.qweight[:, n0:n1], L.scales[:, n0:n1], zeros, None, 4, g, CANONICAL.name, 0, compute)
             y[:, n0:n1] = xs @ w
     y = y.to(dtype)
     return y if bias is None else y + bias.to(dtype)

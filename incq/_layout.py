@@ -31,9 +31,23 @@ def v1_offset_block(bits: int, sign: int) -> tuple[int, ...]:
     return tuple((block >> (32 * i)) & 0xFFFFFFFF for i in range(k))
 
 
+def packed_shape(k: int, n: int, bits: int, packing: str) -> tuple[int, int]:
+    """The qweight shape of a K x N weight in ``packing``: the inverse of :func:`logical_shape`."""
+    from ._formats import get
+
+    shape = [k, n]
+    axis = get(packing).weight_axis
+    shape[axis] = shape[axis] * words_per_block(bits) // values_per_block(bits)
+    return shape[0], shape[1]
+
+
 def logical_shape(qweight_shape: tuple[int, ...], bits: int, packing: str) -> tuple[int, int]:
-    """(K, N) of the weight a 2-d qweight packs: AWQ ``[K, N/8]``, GPTQ ``[K * bits / 32, N]``."""
-    rows, cols = qweight_shape
-    if packing == "awq":
-        return rows, cols * 8
-    return rows * values_per_block(bits) // words_per_block(bits), cols
+    """(K, N) of the weight a 2-d qweight packs: its packed axis (``incq._formats``) holds
+    ``values_per_block / words_per_block`` codes per word, e.g. GPTQ ``[K * bits / 32, N]``,
+    AWQ ``[K, N / 8]``."""
+    from ._formats import get
+
+    shape = list(qweight_shape)
+    axis = get(packing).weight_axis
+    shape[axis] = shape[axis] * values_per_block(bits) // words_per_block(bits)
+    return shape[0], shape[1]

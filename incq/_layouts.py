@@ -13,6 +13,7 @@ from typing import Any, NamedTuple, Optional
 
 from . import _validate as v
 from ._errors import IncqWarning
+from ._formats import CANONICAL
 from ._layout import logical_shape
 
 
@@ -160,7 +161,7 @@ def layout_shape(layout) -> tuple[int, int]:
     """(K, N) of a prepared layout."""
     if isinstance(layout, TorchLayout):
         return logical_shape(tuple(layout.qweight.shape), layout.bits, layout.packing)
-    return logical_shape(tuple(layout.qweight.shape), 4, "gptq")  # XPU and CPU layouts hold GPTQ words
+    return logical_shape(tuple(layout.qweight.shape), 4, CANONICAL.name)  # XPU and CPU layouts hold GPTQ words
 
 
 def matmul_with_layout(fn, x, layout, bias):

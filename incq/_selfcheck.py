@@ -15,6 +15,7 @@ import time
 import numpy as np
 
 import incq
+from incq._formats import FORMATS
 
 
 def _timed(fn, *args, **kwargs):
@@ -84,10 +85,9 @@ def main(argv: list[str] | None = None) -> int:
     routes = []
     for bits in (2, 3, 4, 8):
         for sym in (True, False):
-            for packing, zero_offset in (("gptq", 1), ("gptq", 0), ("awq", 0)):
-                if packing == "awq" and bits != 4:
-                    continue
-                routes.append((bits, sym, packing, zero_offset))
+            for fmt in FORMATS.values():
+                if bits in fmt.bits:
+                    routes += [(bits, sym, fmt.name, z) for z in sorted(fmt.zero_offsets, reverse=True)]
     eps = float(np.finfo(w.dtype).eps)
     for bits, sym, packing, zero_offset in routes:
         kwargs = dict(bits=bits, group_size=g, packing=packing, zero_offset=zero_offset)
@@ -105,16 +105,22 @@ def main(argv: list[str] | None = None) -> int:
             ok &= same
             line += f"{ms:>16.1f}" if same else f"{'DIFFERENT BITS':>16}"
         print(line)
-        if packing != "awq":
-            continue
-        for target in (0, 1):
-            (qweight, qzeros), ms_c = _timed(
-                lambda: (incq.awq_to_gptq(layer[0]), incq.awq_zeros_to_gptq(layer[2], zero_offset=target))
-            )
-            again = incq.dequantize(qweight, layer[1], qzeros, bits=4, group_size=g, zero_offset=target)
-            same = bool(np.array_equal(again, deq))
-            ok &= same
-            print(f"{'  -> awq_to_gptq, zero_offset=' + str(target):<44}{ms_c:>9.1f}  {'same bits' if same else 'DIFFERENT BITS'}")
+        if zero_offset != min(FORMATS[packing].zero_offsets):
+            continue  # one conversion route per source format
+        for other in FORMATS.values():
+            if other.name == packing or bits not in other.bits:
+                continue
+            for target in sorted(other.zero_offsets, reverse=True):
+                (qweight, qzeros), ms_c = _timed(lambda: (
+                    incq.repack(layer[0], bits, src=packing, dst=other.name),
+                    incq.repack_zeros(layer[2], bits, src=packing, dst=other.name, src_zero_offset=zero_offset,
+                                      dst_zero_offset=target, on_zero="borrow")))
+                again = incq.dequantize(qweight, layer[1], qzeros, bits=bits, group_size=g, packing=other.name,
+                                        zero_offset=target)
+                same = bool(np.array_equal(again, deq))
+                ok &= same
+                label = f"  -> repack to {other.name}, zero_offset={target}"
+                print(f"{label:<44}{ms_c:>9.1f}  {'same bits' if same else 'DIFFERENT BITS'}")
     print("self-check", "passed" if ok else "FAILED")
     return 0 if ok else 1
 

@@ -28,6 +28,7 @@ import math
 
 import torch
 
+from . import _formats as formats
 from ._layout import AWQ_ORDER, AWQ_REVERSE_ORDER, logical_shape, v1_offset_block, values_per_block, words_per_block
 
 _LOW32 = 0xFFFFFFFF
@@ -242,6 +243,20 @@ def awq_to_gptq(qweight: torch.Tensor, bits: int) -> torch.Tensor:
     return out.view(k // 8, 8 * c)
 
 
+def repack(qweight: torch.Tensor, bits: int, src: str, dst: str) -> torch.Tensor:
+    """qweight words of format ``src`` -> the same codes in format ``dst``; the AWQ <-> GPTQ
+    bit orders by the nibble exchange network, any other pair through the codes."""
+    a, b = formats.get(src), formats.get(dst)
+    orders = ((a.weight_axis, a.weight_order), (b.weight_axis, b.weight_order))
+    if orders[0] == orders[1]:
+        return qweight.clone()
+    if orders == ((1, "awq"), (0, "sequential")):
+        return awq_to_gptq(qweight, bits)
+    if orders == ((0, "sequential"), (1, "awq")):
+        return gptq_to_awq(qweight, bits)
+    return pack_weight(unpack_weight(qweight, bits, src), bits, dst)
+
+
 def gptq_to_awq(qweight: torch.Tensor, bits: int) -> torch.Tensor:
     """GPTQ ``[K/8, N]`` -> AWQ ``[K, N/8]``: the inverse word placement, the same transpose."""
     kb, n = qweight.shape
@@ -282,17 +297,13 @@ def add_block_constant(words: torch.Tensor, bits: int, constant: tuple[int, ...]
 
 
 def unpack_zeros(qzeros: torch.Tensor, bits: int, packing: str, zero_offset: int) -> torch.Tensor:
-    if packing == "awq":
-        return unpack(qzeros, bits, 1, "awq")
     if zero_offset:
         qzeros = add_block_constant(qzeros, bits, v1_offset_block(bits, +1))
-    return unpack(qzeros, bits, 1, "sequential")
+    return unpack(qzeros, bits, 1, formats.get(packing).zeros_order)
 
 
 def pack_zeros(zeros: torch.Tensor, bits: int, packing: str, zero_offset: int) -> torch.Tensor:
-    if packing == "awq":
-        return pack(zeros, bits, 1, "awq")
-    words = pack(zeros, bits, 1, "sequential")
+    words = pack(zeros, bits, 1, formats.get(packing).zeros_order)
     if zero_offset:
         words = add_block_constant(words, bits, v1_offset_block(bits, -1))
     return words
@@ -302,9 +313,24 @@ def pack_zeros(zeros: torch.Tensor, bits: int, packing: str, zero_offset: int) -
 
 
 def unpack_weight(qweight: torch.Tensor, bits: int, packing: str) -> torch.Tensor:
-    if packing == "awq":
-        return unpack(qweight, bits, 1, "awq")
-    return unpack(qweight, bits, 0, "sequential")
+    fmt = formats.get(packing)
+    return unpack(qweight, bits, fmt.weight_axis, fmt.weight_order)
+
+
+def pack_weight(q: torch.Tensor, bits: int, packing: str) -> torch.Tensor:
+    fmt = formats.get(packing)
+    return pack(q, bits, fmt.weight_axis, fmt.weight_order)
+
+
+def _weight_rows(qweight: torch.Tensor, bits: int, packing: str, r0: int, r1: int) -> torch.Tensor:
+    """Codes of rows ``r0:r1`` of ``q[K, N]`` (whole packing blocks when packed along K)."""
+    fmt = formats.get(packing)
+    if fmt.weight_axis == 0:
+        per, words = values_per_block(bits), words_per_block(bits)
+        qweight = qweight[r0 * words // per : r1 * words // per]
+    else:
+        qweight = qweight[r0:r1]
+    return unpack(qweight, bits, fmt.weight_axis, fmt.weight_order)
 
 
 def _compute_dtype(*dtypes: torch.dtype) -> torch.dtype:
@@ -344,11 +370,7 @@ def _dequantize(qweight, scales, qzeros, g_idx, bits, group_size, packing, zero_
     for r0 in range(0, k, step):
         r1 = min(k, r0 + step)
         block = out[r0:r1]
-        if packing == "awq":
-            q = unpack(qweight[r0:r1], bits, 1, "awq")
-        else:
-            per, words = values_per_block(bits), words_per_block(bits)
-            q = unpack(qweight[r0 * words // per : r1 * words // per], bits, 0, "sequential")
+        q = _weight_rows(qweight, bits, packing, r0, r1)
         w = block if same else torch.empty(block.shape, dtype=compute, device=block.device)
         w.copy_(q)
         if g_idx is not None:
@@ -367,7 +389,7 @@ def _dequantize(qweight, scales, qzeros, g_idx, bits, group_size, packing, zero_
 
 def _dequantize_rows(k: int, n: int, group_size: int, bits: int, packing: str, device: torch.device) -> int:
     """Rows per block: whole groups (or a whole packing block), about 1 MiB of output on the CPU."""
-    per = 1 if packing == "awq" else values_per_block(bits)
+    per = values_per_block(bits) if formats.get(packing).weight_axis == 0 else 1
     unit = math.lcm(group_size, per) if group_size < k else k
     if device.type != "cpu":
         return k
@@ -408,16 +430,13 @@ def quantize(w, bits, group_size, sym, packing, zero_offset):
         scale = (hi - lo) / maxq
         scale = torch.where(scale == 0, 1.0, scale)
         scales = _round_scales(scale, w.dtype)
-        zmin = 1 if (zero_offset and packing == "gptq") else 0
+        zmin = 1 if zero_offset else 0
         zeros = torch.round(-lo / scales.to(torch.float64)).clamp(zmin, maxq)
     s = scales.to(torch.float64)
     q = (torch.round(groups / s.unsqueeze(1)) + zeros.unsqueeze(1)).clamp(0, maxq)
     q = q.view(k, n).to(torch.uint8)
     zeros = zeros.to(torch.uint8)
-    if packing == "awq":
-        qweight = pack(q, bits, 1, "awq")
-    else:
-        qweight = pack(q, bits, 0, "sequential")
+    qweight = pack_weight(q, bits, packing)
     qzeros = pack_zeros(zeros, bits, packing, zero_offset)
     g_idx = torch.div(torch.arange(k, device=w.device), g, rounding_mode="floor").to(torch.int32)
     return qweight, scales, qzeros, g_idx

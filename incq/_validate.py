@@ -14,11 +14,12 @@ from typing import Any
 import numpy as np
 
 from ._errors import IncqError
+from ._formats import FORMATS
 from ._layout import logical_shape, values_per_block, words_per_block
 
 SUPPORTED_BITS = (2, 3, 4, 8)
 ORDERS = ("sequential", "awq")
-PACKINGS = ("gptq", "awq")
+PACKINGS = tuple(FORMATS)
 ON_ZERO = ("raise", "borrow", "clamp")
 
 
@@ -67,13 +68,21 @@ def check_order(fn: str, order: Any, bits: int) -> str:
     return order
 
 
-def check_packing(fn: str, packing: Any, bits: int, zero_offset: Any) -> tuple[str, int]:
-    packing = check_str_choice(fn, "packing", packing, PACKINGS)
-    zero_offset = check_int_choice(fn, "zero_offset", zero_offset, (0, 1))
-    if packing == "awq" and bits != 4:
-        raise fail(fn, "bits", "must be 4 with packing='awq' (AWQ packs 4-bit codes only)", bits)
-    if packing == "awq" and zero_offset != 0:
-        raise fail(fn, "zero_offset", "must be 0 with packing='awq' (AWQ stores raw zero points)", zero_offset)
+def check_packing(fn: str, packing: Any, bits: int, zero_offset: Any, name: str = "packing") -> tuple[str, int]:
+    """A format name and a zero-point convention it allows; ``name`` is the argument's name
+    (``"src"`` / ``"dst"`` checks ``src_zero_offset`` / ``dst_zero_offset`` with it)."""
+    offset_name = "zero_offset" if name == "packing" else f"{name}_zero_offset"
+    packing = check_str_choice(fn, name, packing, PACKINGS)
+    zero_offset = check_int_choice(fn, offset_name, zero_offset, (0, 1))
+    fmt = FORMATS[packing]
+    if bits not in fmt.bits:
+        widths = "/".join(map(str, fmt.bits))
+        raise fail(fn, "bits", f"must be {' or '.join(map(str, fmt.bits))} with {name}={packing!r} ({fmt.title} packs "
+                               f"{widths}-bit codes only)", bits)
+    if zero_offset not in fmt.zero_offsets:
+        raise fail(fn, offset_name, f"must be {' or '.join(map(str, fmt.zero_offsets))} with {name}={packing!r} "
+                                      f"({fmt.title} stores {'raw' if fmt.zero_offsets == (0,) else 'v1'} zero points)",
+                   zero_offset)
     return packing, zero_offset
 
 
@@ -226,6 +235,15 @@ def check_shape(fn: str, name: str, x: Any, shape: tuple[int, ...], how: str) ->
 # --------------------------------------------------------------------------- layers
 
 
+def check_layer_shape(fn: str, name: str, kn: tuple[int, int], bits: int, packing: str) -> None:
+    """The logical ``(K, N)`` can be packed in ``packing``: its packed axis holds whole blocks."""
+    axis = FORMATS[packing].weight_axis
+    per = values_per_block(bits)
+    if kn[axis] % per:
+        raise fail(fn, name, f"must hold a weight whose {'KN'[axis]} is divisible by {per} to pack it as "
+                             f"{FORMATS[packing].title}", f"K x N = {kn[0]} x {kn[1]}")
+
+
 def check_layer(fn, qweight, scales, qzeros, g_idx, bits, group_size, packing, zero_offset):
     """Checks a quantized layer's tensors against each other; returns (K, N, group_size, G)."""
     bits = check_bits(fn, bits)
@@ -233,8 +251,8 @@ def check_layer(fn, qweight, scales, qzeros, g_idx, bits, group_size, packing, z
     qweight = check_packed(fn, "qweight", qweight, ndim=2)
     check_not_empty(fn, "qweight", qweight)
     values, words = values_per_block(bits), words_per_block(bits)
-    if packing == "gptq":
-        check_divisible(fn, "qweight", qweight, 0, words, f"rows (K * {bits} / 32)")
+    axis = FORMATS[packing].weight_axis
+    check_divisible(fn, "qweight", qweight, axis, words, f"{('rows (K', 'columns (N')[axis]} * {bits} / 32)")
     k, n = logical_shape(tuple(qweight.shape), bits, packing)
     g = check_group_size(fn, group_size, k)
     groups = k // g

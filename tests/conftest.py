@@ -13,6 +13,8 @@ from hypothesis import HealthCheck, settings
 import incq
 
 ROOT = Path(__file__).resolve().parent.parent
+#: scripts that make fixtures run in scratch environments with other libraries, never here
+collect_ignore_glob = ["fixtures/*"]
 
 settings.register_profile(
     "ci", max_examples=60, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]

@@ -29,6 +29,8 @@ CALLS = {
     "unpack": lambda: (incq.unpack, frozen(GPTQ[0]), {"bits": 4}),
     "awq_to_gptq": lambda: (incq.awq_to_gptq, frozen(AWQ[0]), {}),
     "gptq_to_awq": lambda: (incq.gptq_to_awq, frozen(GPTQ[0]), {}),
+    "repack": lambda: (incq.repack, frozen(AWQ[0]), {"src": "awq", "dst": "gptq"}),
+    "repack_zeros": lambda: (incq.repack_zeros, frozen(GPTQ[2]), {"src": "gptq", "dst": "awq", "src_zero_offset": 1}),
     "unpack_zeros": lambda: (incq.unpack_zeros, frozen(GPTQ[2]), {"zero_offset": 1}),
     "pack_zeros": lambda: (incq.pack_zeros, frozen(np.zeros((2, 8), np.uint8)), {"on_zero": "borrow", "zero_offset": 1}),
     "awq_zeros_to_gptq": lambda: (incq.awq_zeros_to_gptq, frozen(AWQ[2]), {}),

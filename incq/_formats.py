@@ -1,0 +1,53 @@
+"""The packed formats, each described once, as data (``specs/formats.md``).
+
+A format says how a layer's logical tensors (codes ``q[K, N]``, zero points ``z[G, N]``,
+scales ``s[G, N]``, group index ``g_idx[K]``) are stored: which axis the codes are packed along
+and in which bit order, how zero points are packed and which conventions they may use, and
+which tensor names a checkpoint gives them. Every public function, the validators, both
+backends, the kernels' layouts and the checkpoint tool read their rules from here; the bit
+orders themselves ("sequential", "awq") are implemented by the backends' ``pack`` / ``unpack``.
+
+Adding a format means adding an entry here (with its spec page, golden vectors and config
+reader); ``tests/test_formats.py`` checks that no other module branches on a format's name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import NamedTuple
+
+
+class Format(NamedTuple):
+    name: str  #: the ``packing=`` value
+    title: str  #: for messages and reports
+    bits: tuple[int, ...]  #: code widths the format can hold
+    weight_axis: int  #: axis of ``q[K, N]`` the qweight words pack: 0 along K, 1 along N
+    weight_order: str  #: bit order of the codes in a word ("sequential" / "awq")
+    zeros_order: str  #: bit order of the zero points, packed along N
+    zero_offsets: tuple[int, ...]  #: zero-point conventions: 0 raw (stored z), 1 v1 (stored z - 1)
+    tensors: Mapping[str, str]  #: role -> the tensor name's suffix in a checkpoint
+    act_order: bool  #: whether a ``g_idx`` can be stored
+    zeros_stored: bool  #: whether qzeros are always stored (a symmetric layer stores 2^(b-1))
+
+
+_GPTQ_NAMES = MappingProxyType({"qweight": "qweight", "qzeros": "qzeros", "scales": "scales", "g_idx": "g_idx"})
+
+GPTQ = Format(
+    name="gptq", title="GPTQ", bits=(2, 3, 4, 8), weight_axis=0, weight_order="sequential",
+    zeros_order="sequential", zero_offsets=(0, 1), tensors=_GPTQ_NAMES, act_order=True, zeros_stored=False,
+)
+AWQ = Format(
+    name="awq", title="AWQ", bits=(4,), weight_axis=1, weight_order="awq", zeros_order="awq",
+    zero_offsets=(0,), tensors=_GPTQ_NAMES, act_order=False, zeros_stored=True,
+)
+
+#: every format, by its ``packing=`` name
+FORMATS: Mapping[str, Format] = MappingProxyType({f.name: f for f in (GPTQ, AWQ)})
+#: the format every kernel layout and every conversion works through
+CANONICAL = GPTQ
+
+
+def get(packing: str) -> Format:
+    """The format named ``packing`` (validated by the caller)."""
+    return FORMATS[packing]
