@@ -1,4 +1,4 @@
-"""W4A16 matmul on the CPU: ``incq.w4a16_matmul(x, make_cpu_layout(...))`` beside dense
+"""W4A16 matmul on the CPU: ``incq.layout_matmul(x, make_cpu_layout(...))`` beside dense
 ``torch.nn.functional.linear`` and the naive dequantize-then-matmul, all in the same run.
 
     python benchmarks/matmul.py                       # the full table (several minutes)
@@ -78,7 +78,7 @@ def forced(path):
     def run(x, layout):
         _kernels.cpu_path = lambda m, dtype: path
         try:
-            return incq.w4a16_matmul(x, layout)
+            return incq.layout_matmul(x, layout)
         finally:
             _kernels.cpu_path = original
 
@@ -119,8 +119,8 @@ def main(argv=None) -> None:
                 x = torch.randn(m, k).to(dtype)
                 path = _kernels.cpu_path(m, dtype)
                 fns = {
-                    "incq": lambda: incq.w4a16_matmul(x, layout),
-                    "incq cold": lambda: incq.w4a16_matmul(x, layout),
+                    "incq": lambda: incq.layout_matmul(x, layout),
+                    "incq cold": lambda: incq.layout_matmul(x, layout),
                     "dense": lambda: torch.nn.functional.linear(x, dense),
                     "naive": lambda: x @ incq.dequantize(qweight, s, qzeros, group_size=128),
                 }

@@ -326,33 +326,26 @@ def quantize(w, *, bits=4, group_size=128, sym=True, packing="gptq", zero_offset
     return _dispatch.backend_for(fn, {"w": w}, backend).quantize(w, bits, g, sym, packing, zero_offset)
 
 
-def w4a16_matmul(x, qweight, scales=None, qzeros=None, g_idx=None, bias=None, *, bits=4, group_size=128,
+def w4a16_matmul(x, qweight, scales, qzeros=None, g_idx=None, bias=None, *, bits=4, group_size=128,
                  packing="gptq", zero_offset=0, backend=None):
-    """``x @ dequantize(...) + bias`` for ``x [..., K]``; returns ``[..., N]`` in x's dtype.
+    """``x @ dequantize(qweight, scales, qzeros, g_idx, ...) + bias`` for ``x [..., K]``;
+    returns ``[..., N]`` in x's dtype. The layer arguments are those of :func:`dequantize`.
 
-    Two forms:
+    The golden product dequantizes exactly in float64, accumulates in float64 and rounds once
+    to x's dtype; the torch backend dequantizes to x's dtype and runs one GEMM, held to the
+    per-dtype tolerance of ``specs/matmul.md``. For a layer prepared once for a kernel
+    (:func:`make_cpu_layout`, :func:`make_xpu_layout`) use :func:`layout_matmul`.
 
-    * ``w4a16_matmul(x, qweight, scales, qzeros, g_idx, bias, bits=..., ...)``: the layer
-      arguments of :func:`dequantize`, on any backend. The golden product dequantizes exactly in
-      float64, accumulates in float64 and rounds once to x's dtype; the torch backend
-      dequantizes to x's dtype and runs one GEMM.
-    * ``w4a16_matmul(x, layout, bias=None)`` with a layout from :func:`make_xpu_layout` or
-      :func:`make_cpu_layout` (torch tensors): the fastest correct kernel for the tensors'
-      device, x's rows and dtype (``specs/kernels.md``); the layer keywords are not used.
-
-    Fast paths are held to the per-dtype tolerance of ``specs/matmul.md``.
+    >>> import numpy as np, incq
+    >>> qweight = incq.pack(np.full((8, 2), 9, np.uint8), 4)                  # q = 9, K = 8, N = 2
+    >>> scales = np.array([[0.5, 2.0]], dtype=np.float32)                    # z = 8 (no qzeros)
+    >>> incq.w4a16_matmul(np.ones((1, 8), np.float32), qweight, scales, group_size=-1)
+    array([[ 4., 16.]], dtype=float32)
     """
-    if isinstance(qweight, _layouts.LAYOUTS):
-        fn = "w4a16_matmul"
-        if scales is not None and bias is not None:
-            raise v.fail(fn, "bias", "is given twice (with a layout the third argument is the bias)", "two biases")
-        for name, value in (("qzeros", qzeros), ("g_idx", g_idx)):
-            if value is not None:
-                raise v.fail(fn, name, "must not be given with a prepared layout", v.describe(value))
-        if backend not in (None, "torch"):
-            raise v.fail(fn, "backend", "must be None or 'torch' with a prepared layout", repr(backend))
-        return _layouts.matmul_with_layout(fn, x, qweight, bias if bias is not None else scales)
     fn = "w4a16_matmul"
+    if isinstance(qweight, _layouts.LAYOUTS):
+        raise v.fail(fn, "qweight", "must be a layer's qweight (for a prepared layout call layout_matmul(x, layout, "
+                                    "bias))", type(qweight).__name__)
     k, n, g, _ = v.check_layer(fn, qweight, scales, qzeros, g_idx, bits, group_size, packing, zero_offset)
     x = v.check_float(fn, "x", x)
     if x.ndim < 1 or x.shape[-1] != k:
@@ -364,6 +357,24 @@ def w4a16_matmul(x, qweight, scales=None, qzeros=None, g_idx=None, bias=None, *,
         fn, dict(x=x, qweight=qweight, scales=scales, qzeros=qzeros, g_idx=g_idx, bias=bias), backend
     )
     return chosen.w4a16_matmul(x, qweight, scales, qzeros, g_idx, bias, int(bits), g, packing, int(zero_offset))
+
+
+def layout_matmul(x, layout, bias=None):
+    """``x @ W + bias`` for a layer prepared by :func:`make_xpu_layout` or :func:`make_cpu_layout`
+    (torch tensors), by the fastest correct kernel for the tensors' device, x's rows and dtype
+    (``specs/kernels.md``); held to the tolerance of ``specs/matmul.md``.
+
+    >>> import torch, incq
+    >>> qweight = incq.pack(torch.full((32, 16), 9, dtype=torch.uint8), 4)    # q = 9, K = 32, N = 16
+    >>> layout = incq.make_cpu_layout(qweight, torch.full((1, 16), 0.5, dtype=torch.bfloat16), group_size=32)
+    >>> incq.layout_matmul(torch.ones(1, 32, dtype=torch.bfloat16), layout)[0, :4]
+    tensor([16., 16., 16., 16.], dtype=torch.bfloat16)
+    """
+    fn = "layout_matmul"
+    if not isinstance(layout, _layouts.LAYOUTS):
+        raise v.fail(fn, "layout", "must be a layout from make_cpu_layout or make_xpu_layout (for a layer's "
+                                   "tensors call w4a16_matmul)", v.describe(layout))
+    return _layouts.matmul_with_layout(fn, x, layout, bias)
 
 
 __all__ = [
@@ -380,6 +391,7 @@ __all__ = [
     "dequantize",
     "quantize",
     "w4a16_matmul",
+    "layout_matmul",
     "make_xpu_layout",
     "make_cpu_layout",
 ]

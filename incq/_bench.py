@@ -73,7 +73,7 @@ def main(quick: bool = False) -> int:
     print("-" * len(head))
     for m in (1, 16, 256):
         x = torch.randn(m, k, dtype=torch.bfloat16)
-        t = _median_ms(lambda: _api.w4a16_matmul(x, layout), reps)
+        t = _median_ms(lambda: _api.layout_matmul(x, layout), reps)
         d = _median_ms(lambda: torch.nn.functional.linear(x, dense), reps)
         print(f"{m:>6}{cpu_path(m, x.dtype):>12}{t:10.2f}{d:10.2f}{d / t:14.1f}")
     return 0

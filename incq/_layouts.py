@@ -165,7 +165,7 @@ def layout_shape(layout) -> tuple[int, int]:
 
 
 def matmul_with_layout(fn, x, layout, bias):
-    """``w4a16_matmul(x, layout, bias)``: validate, then let ``incq._kernels`` pick the kernel."""
+    """``layout_matmul(x, layout, bias)``: validate, then let ``incq._kernels`` pick the kernel."""
     k, n = layout_shape(layout)
     x = v.check_float(fn, "x", x)
     if not v.is_torch(x):

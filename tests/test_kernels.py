@@ -178,7 +178,7 @@ def test_xpu_dispatch_calls_vllm_op(vllm_op_on_cpu, aten_op_on_cpu, variant, sha
     layout = incq.make_xpu_layout(*layer, **kwargs)
     x, bias = activations(shape, torch.bfloat16), activations((N,), torch.bfloat16, seed=2)
     assert _kernels.xpu_path(x.reshape(-1, K), layout) == "vllm"
-    y = incq.w4a16_matmul(x, layout, bias)
+    y = incq.layout_matmul(x, layout, bias)
     assert len(vllm_op_on_cpu) == 1 and not aten_op_on_cpu
     assert y.shape == shape[:-1] + (N,) and y.dtype == torch.bfloat16
     assert_matmul_close(y.float().numpy(), golden64(x, layer, kwargs, bias), "bfloat16")
@@ -190,7 +190,7 @@ def test_xpu_dispatch_falls_back_to_the_aten_op(aten_op_on_cpu, variant):
     layout = incq.make_xpu_layout(*layer, **kwargs)
     x, bias = activations((2, 3, K), torch.float16), activations((N,), torch.float16, seed=2)
     assert _kernels.xpu_path(x.reshape(-1, K), layout) == "aten"
-    y = incq.w4a16_matmul(x, layout, bias=bias)
+    y = incq.layout_matmul(x, layout, bias=bias)
     assert len(aten_op_on_cpu) == 1 and y.shape == (2, 3, N)
     assert_matmul_close(y.float().numpy(), golden64(x, layer, kwargs, bias), "float16")
 
@@ -202,7 +202,7 @@ def test_xpu_dispatch_falls_back_to_torch_without_kernels(variant, dtype):
     layout = incq.make_xpu_layout(*layer, **kwargs)
     x = activations((3, K), dtype)
     assert _kernels.xpu_path(x, layout) == "torch"
-    y = incq.w4a16_matmul(x, layout)
+    y = incq.layout_matmul(x, layout)
     assert_matmul_close(y.float().numpy(), golden64(x, layer, kwargs), str(dtype).removeprefix("torch."))
 
 
@@ -211,14 +211,14 @@ def test_float32_on_an_xpu_layout_dequantizes_even_with_kernels(vllm_op_on_cpu, 
     layout = incq.make_xpu_layout(*layer, **kwargs)
     x = activations((3, K), torch.float32)
     assert _kernels.xpu_path(x, layout) == "torch"
-    y = incq.w4a16_matmul(x, layout)
+    y = incq.layout_matmul(x, layout)
     assert not vllm_op_on_cpu and not aten_op_on_cpu
     assert_matmul_close(y.numpy(), golden64(x, layer, kwargs), "float32")
 
 
 def test_vllm_xpu_kernels_is_not_imported_for_cpu_tensors():
     layer, kwargs = checkpoint("gptq", 0, False, False)
-    incq.w4a16_matmul(activations((1, K), torch.bfloat16), incq.make_xpu_layout(*layer, **kwargs))
+    incq.layout_matmul(activations((1, K), torch.bfloat16), incq.make_xpu_layout(*layer, **kwargs))
     assert "vllm_xpu_kernels" not in sys.modules
 
 
@@ -238,7 +238,7 @@ def test_cpu_layout_every_path_within_tolerance(variant, dtype, m):
     layout = incq.make_cpu_layout(*layer, **kwargs)
     assert isinstance(layout, incq.CpuLayout)
     x, bias = activations((m, K), dtype), activations((N,), dtype, seed=2)
-    y = incq.w4a16_matmul(x, layout, bias)
+    y = incq.layout_matmul(x, layout, bias)
     assert y.dtype == dtype and y.shape == (m, N)
     assert_matmul_close(y.double().numpy(), golden64(x, layer, kwargs, bias), cpu_tolerance(dtype))
 
@@ -254,7 +254,7 @@ def test_cpu_layout_3d_input_and_act_order_match_2d():
     layer, kwargs = checkpoint("gptq", 1, False, True)
     layout = incq.make_cpu_layout(*layer, **kwargs)
     x = activations((2, 3, K), torch.bfloat16)
-    assert torch.equal(incq.w4a16_matmul(x, layout), incq.w4a16_matmul(x.reshape(6, K), layout).reshape(2, 3, N))
+    assert torch.equal(incq.layout_matmul(x, layout), incq.layout_matmul(x.reshape(6, K), layout).reshape(2, 3, N))
 
 
 @pytest.mark.parametrize("maker", [incq.make_cpu_layout, incq.make_xpu_layout])
@@ -270,7 +270,7 @@ def test_layers_that_do_not_fit_fall_back_and_say_so(maker, case, reason):
         layout = maker(*layer, **kwargs)
     assert isinstance(layout, incq.TorchLayout) and reason.split()[0] in layout.reason
     x = activations((3, K), torch.float32)
-    assert_matmul_close(incq.w4a16_matmul(x, layout).numpy(), golden64(x, layer, kwargs), "float32")
+    assert_matmul_close(incq.layout_matmul(x, layout).numpy(), golden64(x, layer, kwargs), "float32")
 
 
 def test_act_order_with_uneven_groups_falls_back():
@@ -280,7 +280,7 @@ def test_act_order_with_uneven_groups_falls_back():
     with pytest.warns(incq.IncqWarning, match="exactly group_size"):
         layout = incq.make_cpu_layout(layer[0], layer[1], layer[2], g_idx, **kwargs)
     x = activations((2, K), torch.float32)
-    got = incq.w4a16_matmul(x, layout)
+    got = incq.layout_matmul(x, layout)
     assert_matmul_close(got.numpy(), golden64(x, (layer[0], layer[1], layer[2], g_idx), kwargs), "float32")
 
 
@@ -305,9 +305,9 @@ def test_layouts_share_no_memory_with_the_callers_tensors(maker, variant):
     layout = maker(*layer, **kwargs)
     assert not storages(layout) & storages(layer)
     x = activations((3, K), torch.float32)
-    before = incq.w4a16_matmul(x, layout)
+    before = incq.layout_matmul(x, layout)
     scribble(layer)  # the caller reuses its buffers
-    assert torch.equal(incq.w4a16_matmul(x, layout), before)
+    assert torch.equal(incq.layout_matmul(x, layout), before)
 
 
 @pytest.mark.parametrize("maker", [incq.make_cpu_layout, incq.make_xpu_layout])
@@ -317,11 +317,11 @@ def test_a_fallback_layout_shares_no_memory_with_the_callers_tensors(maker):
         layout = maker(*layer, **kwargs)
     assert isinstance(layout, incq.TorchLayout) and not storages(layout) & storages(layer)
     x = activations((3, K), torch.float32)
-    before = incq.w4a16_matmul(x, layout)
+    before = incq.layout_matmul(x, layout)
     copies = [t.clone() for t in layer]
     scribble(layout[:2])  # and the other way round: the layout's tensors are not the caller's
     assert all(torch.equal(a, b) for a, b in zip(layer, copies))
-    assert not torch.equal(incq.w4a16_matmul(x, layout), before)
+    assert not torch.equal(incq.layout_matmul(x, layout), before)
 
 
 def test_an_xpu_layout_keeps_its_strides_when_copied():
@@ -345,18 +345,18 @@ def test_matmul_with_a_layout_refuses_bad_calls():
     layer, kwargs = checkpoint("gptq", 0, False, False)
     layout = incq.make_cpu_layout(*layer, **kwargs)
     x = activations((2, K), torch.bfloat16)
-    with pytest.raises(incq.IncqError, match="^w4a16_matmul: x must have a last dimension of K = 256"):
-        incq.w4a16_matmul(x[:, :128], layout)
-    with pytest.raises(incq.IncqError, match="^w4a16_matmul: qzeros must not be given"):
-        incq.w4a16_matmul(x, layout, None, layer[2])
-    with pytest.raises(incq.IncqError, match="^w4a16_matmul: bias is given twice"):
-        incq.w4a16_matmul(x, layout, torch.zeros(N), bias=torch.zeros(N))
-    with pytest.raises(incq.IncqError, match="^w4a16_matmul: bias must have shape"):
-        incq.w4a16_matmul(x, layout, torch.zeros(N + 1))
-    with pytest.raises(incq.IncqError, match="^w4a16_matmul: x must be a torch tensor"):
-        incq.w4a16_matmul(x.float().numpy(), layout)
-    with pytest.raises(incq.IncqError, match="^w4a16_matmul: backend must be None or 'torch'"):
-        incq.w4a16_matmul(x, layout, backend="numpy")
+    with pytest.raises(incq.IncqError, match="^layout_matmul: x must have a last dimension of K = 256"):
+        incq.layout_matmul(x[:, :128], layout)
+    with pytest.raises(incq.IncqError, match="^layout_matmul: bias must have shape"):
+        incq.layout_matmul(x, layout, torch.zeros(N + 1))
+    with pytest.raises(incq.IncqError, match="^layout_matmul: x must be a torch tensor"):
+        incq.layout_matmul(x.float().numpy(), layout)
+    with pytest.raises(incq.IncqError, match="^layout_matmul: layout must be a layout from make_cpu_layout"):
+        incq.layout_matmul(x, layer[0])
+    with pytest.raises(incq.IncqError, match=r"^w4a16_matmul: qweight must be a layer's qweight \(for a prepared"):
+        incq.w4a16_matmul(x, layout, layer[1])
+    with pytest.raises(TypeError):  # one signature: a layout takes no layer arguments
+        incq.layout_matmul(x, layout, None, layer[2])
 
 
 # --------------------------------------------------------------------------- incq check

@@ -58,6 +58,8 @@ def test_read_only_inputs_and_repeatable(name):
 TORCH_CALLS = {
     "make_xpu_layout": lambda: (incq.make_xpu_layout, frozen(*GPTQ), {"group_size": 32, "zero_offset": 1}),
     "make_cpu_layout": lambda: (incq.make_cpu_layout, frozen(*AWQ), {"group_size": 32, "packing": "awq"}),
+    "layout_matmul": lambda: (lambda x, *layer: incq.layout_matmul(x, incq.make_cpu_layout(
+        *layer, group_size=32, packing="awq")), frozen(X, *AWQ[:3]), {}),
 }
 
 
