@@ -100,6 +100,12 @@ def gptq_to_awq(qweight, bits=4, *, backend=None):
     """GPTQ qweight ``[K/8, N]`` -> AWQ qweight ``[K, N/8]``: the exact inverse of awq_to_gptq.
 
     ``N`` must be a multiple of 8.
+
+    >>> import numpy as np, incq
+    >>> gptq = np.array([[0x76543210]] * 1, dtype=np.uint32).view(np.int32)   # K = 8, N = 1 ...
+    >>> gptq = np.repeat(gptq, 8, axis=1)                                     # ... N = 8
+    >>> hex(incq.gptq_to_awq(gptq).view(np.uint32)[5, 0])                     # row k = 5: all 5
+    '0x55555555'
     """
     fn = "gptq_to_awq"
     bits = v.check_bits(fn, bits, (4,))
@@ -251,7 +257,13 @@ def awq_zeros_to_gptq(qzeros, bits=4, *, zero_offset=0, on_zero="raise", backend
 
 
 def gptq_zeros_to_awq(qzeros, bits=4, *, zero_offset=0, backend=None):
-    """GPTQ qzeros ``[G, N/8]`` stored under ``zero_offset`` -> AWQ qzeros (raw, AWQ order)."""
+    """GPTQ qzeros ``[G, N/8]`` stored under ``zero_offset`` -> AWQ qzeros (raw, AWQ order).
+
+    >>> import numpy as np, incq
+    >>> v1 = np.array([[0x76543210]], dtype=np.uint32).view(np.int32)         # z = 1..8, stored z - 1
+    >>> hex(incq.gptq_zeros_to_awq(v1, zero_offset=1).view(np.uint32)[0, 0])
+    '0x86427531'
+    """
     fn = "gptq_zeros_to_awq"
     bits = v.check_bits(fn, bits, (4,))
     zero_offset = v.check_int_choice(fn, "zero_offset", zero_offset, (0, 1))
@@ -310,6 +322,14 @@ def quantize(w, *, bits=4, group_size=128, sym=True, packing="gptq", zero_offset
     Error bounds (``specs/quantize.md``): asymmetric ``|w - W| <= |s| / 2``; symmetric
     ``|w - W| <= |s| / 2`` except values clipped at the top code, within ``|s|``; both up to the
     rounding of ``s`` to its dtype.
+
+    >>> import numpy as np, incq
+    >>> w = np.array([[-1.0], [0.5]] * 4, dtype=np.float32) @ np.ones((1, 8), np.float32)   # K = N = 8
+    >>> qweight, scales, qzeros, g_idx = incq.quantize(w, bits=4, group_size=8, sym=True)
+    >>> float(scales[0, 0]), hex(qzeros.view(np.uint32)[0, 0])          # -1 -> q - z = -8; raw z = 8
+    (0.125, '0x88888888')
+    >>> bool((incq.dequantize(qweight, scales, qzeros, group_size=8) == w).all())
+    True
     """
     fn = "quantize"
     bits = v.check_bits(fn, bits)

@@ -138,6 +138,12 @@ def make_xpu_layout(qweight, scales, qzeros=None, g_idx=None, *, bits=4, group_s
     ``group_size``, K and N multiples of 32 (vLLM's requirements); other layers fall back.
     Either layout owns its tensors: none shares memory with the arguments, which the caller
     may free or overwrite.
+
+    >>> import torch, incq
+    >>> qweight = incq.pack(torch.full((32, 32), 9, dtype=torch.uint8), 4)       # K = N = 32
+    >>> layout = incq.make_xpu_layout(qweight, torch.ones(1, 32, dtype=torch.float16), group_size=32)
+    >>> layout.qweight.stride(-2), layout.qzeros.tolist()                        # "NT", symmetric z = 8
+    (1, [8])
     """
     return _build("make_xpu_layout", "xpu", qweight, scales, qzeros, g_idx, bits, group_size, packing, zero_offset)
 
@@ -153,6 +159,12 @@ def make_cpu_layout(qweight, scales, qzeros=None, g_idx=None, *, bits=4, group_s
     the kernel's packed weight and the GPTQ words (one byte per weight in all), so that
     :func:`incq.w4a16_matmul` can choose, by the rows of x and their dtype, between the int4
     kernel and dequantize-then-GEMM (``specs/kernels.md``).
+
+    >>> import torch, incq
+    >>> qweight = incq.pack(torch.full((32, 16), 9, dtype=torch.uint8), 4)       # K = 32, N = 16
+    >>> layout = incq.make_cpu_layout(qweight, torch.ones(1, 16, dtype=torch.bfloat16), group_size=32)
+    >>> layout.weight.dtype, layout.scales_and_zeros[0, 0].tolist()             # (s, (8 - z) * s)
+    (torch.uint8, [1.0, 0.0])
     """
     return _build("make_cpu_layout", "cpu", qweight, scales, qzeros, g_idx, bits, group_size, packing, zero_offset)
 
