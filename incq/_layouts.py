@@ -79,15 +79,18 @@ class TorchLayout(NamedTuple):
 LAYOUTS = (XpuLayout, CpuLayout, TorchLayout)
 
 
+def _targets(kernels) -> dict:
+    """Kernel target -> (why a layer does not fit it, or "", and its layout builder)."""
+    return {"xpu": (kernels.xpu_misfit, kernels.make_xpu_layout), "cpu": (kernels.cpu_misfit, kernels.make_cpu_layout)}
+
+
 def _build(fn, target, qweight, scales, qzeros, g_idx, bits, group_size, packing, zero_offset):
-    """Validate, then ``incq._kernels.make_<target>_layout``, or a TorchLayout with the reason."""
+    """Validate, then the target's layout builder in ``incq._kernels``, or a TorchLayout with the reason."""
     kernels, shape = _prepare(fn, qweight, scales, qzeros, g_idx, bits, group_size, packing, zero_offset)
     args = (qweight, scales, qzeros, g_idx, bits, shape[2], packing, zero_offset)
-    reason = getattr(kernels, f"{target}_misfit")(*args, shape)
-    if reason:
-        layout = _fallback(fn, reason, *args)
-    else:
-        layout = getattr(kernels, f"make_{target}_layout")(*args, shape)
+    misfit, build = _targets(kernels)[target]
+    reason = misfit(*args, shape)
+    layout = _fallback(fn, reason, *args) if reason else build(*args, shape)
     return _owned(layout, (qweight, scales, qzeros, g_idx))
 
 
