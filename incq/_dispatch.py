@@ -10,17 +10,59 @@ A ``backend=`` keyword, or else the ``INCQ_BACKEND`` environment variable, force
 tensors' device) and ``"torch"`` runs the torch backend on NumPy arrays (on the CPU, results
 returned as NumPy arrays). Mixed NumPy / torch inputs, tensors on different devices, an unknown
 backend and one whose framework is not installed are refused with :class:`incq.IncqError`.
+
+The choice is made from tables: :data:`BACKENDS` (every backend, the array type it runs
+natively, how to load it, which devices it takes), :data:`PREFERENCE` (per array type, the
+backends in order of preference) and :data:`BRIDGES` (adapters for a backend forced onto the
+other array type). A second implementation for one array type (a compiled CPU kernel, say) is
+one more entry in the first two.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, NamedTuple
 
 from ._validate import describe, fail, is_torch
 
-#: the backends a caller can name
-BACKENDS = ("numpy", "torch")
+def _golden():
+    from . import _golden
+
+    return _golden
+
+
+def _torch(fn: str, source: str, name: str):
+    try:
+        from . import _torch
+    except ImportError:
+        raise fail(fn, source, "names the torch backend, but torch is not installed", repr(name)) from None
+    return _torch
+
+
+class Backend(NamedTuple):
+    namespace: str  #: the array type it runs natively: "numpy" or "torch"
+    load: Any  #: ``load(fn, source, name)`` -> the module (or adapter) with the backend's functions
+    runs_on: Any  #: ``runs_on(device)`` -> whether it takes this device's arrays natively
+
+
+#: every backend a caller can name, by name
+BACKENDS = {
+    "numpy": Backend("numpy", lambda fn, source, name: _golden(), lambda device: True),
+    "torch": Backend("torch", _torch, lambda device: True),
+}
+#: array namespace -> backends that run its arrays natively, by preference; the first whose
+#: ``runs_on`` accepts the arrays' device is chosen
+PREFERENCE = {"numpy": ("numpy",), "torch": ("torch",)}
+
+
+def _bridge():
+    from . import _bridge
+
+    return _bridge
+
+
+#: (backend namespace, array namespace) -> the adapter that runs one on the other's arrays
+BRIDGES = {("numpy", "torch"): lambda: _bridge().golden_on_torch, ("torch", "numpy"): lambda: _bridge().torch_on_numpy}
 
 
 def native(fn: str, arrays: dict[str, Any]) -> tuple[str, Any]:
@@ -38,34 +80,21 @@ def native(fn: str, arrays: dict[str, Any]) -> tuple[str, Any]:
     return "torch", next(iter(devices.values()))
 
 
-def _load(fn: str, name: str, source: str):
-    if name == "numpy":
-        from . import _golden
-
-        return _golden
-    try:
-        from . import _torch
-    except ImportError:
-        raise fail(fn, source, "names the torch backend, but torch is not installed", repr(name)) from None
-    return _torch
-
-
 def backend_for(fn: str, arrays: dict[str, Any], backend: str | None = None):
     """The backend (a module, or an adapter with the same functions) for ``arrays``.
 
     ``arrays`` maps argument names to the call's arrays; ``None`` entries are ignored.
     """
-    native_name, _ = native(fn, arrays)
+    namespace, device = native(fn, arrays)
     name, source = backend, "backend"
     if name is None:
         name, source = os.environ.get("INCQ_BACKEND") or None, "INCQ_BACKEND"
     if name is None:
-        name = native_name
+        name = next(b for b in PREFERENCE[namespace] if BACKENDS[b].runs_on(device))
     if name not in BACKENDS:
         raise fail(fn, source, f"must name one of {', '.join(repr(b) for b in BACKENDS)}", repr(name))
-    module = _load(fn, name, source)
-    if name == native_name:
+    chosen = BACKENDS[name]
+    module = chosen.load(fn, source, name)
+    if chosen.namespace == namespace:
         return module
-    from . import _bridge
-
-    return _bridge.golden_on_torch if name == "numpy" else _bridge.torch_on_numpy
+    return BRIDGES[(chosen.namespace, namespace)]()
