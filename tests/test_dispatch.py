@@ -134,3 +134,26 @@ def test_round_to_bfloat16_is_nearest_even_exhaustively_on_the_grid():
     got = incq._golden.round_scales(values, "bfloat16")
     expected = torch.from_numpy(values).to(torch.bfloat16).float().numpy()
     assert_array_equal(got, expected, strict=True)
+
+
+def test_a_second_implementation_for_one_array_type_is_chosen_by_the_tables(monkeypatch):
+    import incq._dispatch as d
+    import incq._torch
+
+    calls = []
+
+    class Spy:
+        def __getattr__(self, name):
+            calls.append(name)
+            return getattr(incq._torch, name)
+
+    spy = Spy()
+    monkeypatch.setitem(d.BACKENDS, "spy", d.Backend("torch", lambda fn, source, name: spy,
+                                                     lambda device: device.type == "cpu"))
+    monkeypatch.setitem(d.PREFERENCE, "torch", ("spy", "torch"))
+    qweight = torch.from_numpy(incq.pack(np.zeros((8, 8), np.uint8), 4))
+    incq.unpack(qweight, 4)
+    incq.unpack(qweight.to("meta"), 4)  # a device the first choice does not take: the next one
+    assert calls == ["unpack"]
+    incq.unpack(qweight, 4, backend="torch")
+    assert calls == ["unpack"]
