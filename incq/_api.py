@@ -11,7 +11,7 @@ from . import _dispatch, _layouts
 from . import _validate as v
 from ._errors import IncqWarning
 from ._formats import FORMATS
-from ._layout import values_per_block, words_per_block
+from ._layout import values_per_block, words_for, words_per_block
 from ._layouts import make_cpu_layout, make_xpu_layout
 
 
@@ -21,15 +21,19 @@ def pack(values, bits, *, axis=0, order="sequential", backend=None):
     ``order="sequential"`` (GPTQ): value ``i`` of each group of ``32 / bits`` sits at bits
     ``[bits * i, bits * i + bits)`` of its word, lowest first. 3-bit codes are packed 32 to
     three words, read as one 96-bit little-endian stream (value ``j`` at stream bits
-    ``3j .. 3j + 2``; values 10 and 21 straddle two words). ``order="awq"`` (4-bit only): slot
+    ``3j .. 3j + 2``; values 10 and 21 straddle two words); 5, 6 and 7 bits likewise form one
+    stream (32, 16 and 32 values in 5, 3 and 7 words). ``order="awq"`` (4-bit only): slot
     ``i`` of a word holds value ``AWQ_ORDER[i] = [0, 2, 4, 6, 1, 3, 5, 7][i]`` of its group of 8.
+    ``order="padded"`` (compressed-tensors up to 0.17): ``32 // bits`` values per word, value
+    ``i`` at bits ``[bits * i, bits * i + bits)``, the top ``32 % bits`` bits zero.
 
     Args:
         values: integer array of codes in ``[0, 2**bits - 1]``; the length along ``axis`` must
-            be a multiple of ``32 / bits`` (of 32 for 3 bits).
-        bits: 2, 3, 4 or 8.
+            be a multiple of the values in a block (``32 / bits``; 32 for 3, 5 and 7 bits, 16
+            for 6; padded: ``32 // bits``).
+        bits: 2 to 8.
         axis: the axis to pack along (GPTQ qweight: 0; qzeros and AWQ: 1).
-        order: ``"sequential"`` or ``"awq"``.
+        order: ``"sequential"``, ``"awq"`` or ``"padded"``.
 
     Returns:
         int32 array, the length along ``axis`` multiplied by ``bits / 32``.
@@ -41,6 +45,8 @@ def pack(values, bits, *, axis=0, order="sequential", backend=None):
     '0x86427531'
     >>> [hex(w) for w in incq.pack(np.arange(32) % 8, 3).view(np.uint32)]
     ['0x88fac688', '0xc688fac6', '0xfac688fa']
+    >>> [hex(w) for w in incq.pack(np.arange(10) % 8, 3, order="padded").view(np.uint32)]
+    ['0x8fac688']
     """
     fn = "pack"
     bits = v.check_bits(fn, bits)
@@ -49,7 +55,7 @@ def pack(values, bits, *, axis=0, order="sequential", backend=None):
     if values.ndim == 0:
         raise v.fail(fn, "values", "must have at least one dimension", v.describe(values))
     axis = v.check_axis(fn, axis, values.ndim)
-    per_block = values_per_block(bits)
+    per_block = values_per_block(bits, order)
     v.check_divisible(fn, "values", values, axis, per_block, "length")
     return _dispatch.backend_for(fn, {"values": values}, backend).pack(values, bits, axis, order)
 
@@ -70,7 +76,7 @@ def unpack(packed, bits, *, axis=0, order="sequential", backend=None):
     if packed.ndim == 0:
         raise v.fail(fn, "packed", "must have at least one dimension", v.describe(packed))
     axis = v.check_axis(fn, axis, packed.ndim)
-    words = words_per_block(bits)
+    words = words_per_block(bits, order)
     v.check_divisible(fn, "packed", packed, axis, words, "length")
     return _dispatch.backend_for(fn, {"packed": packed}, backend).unpack(packed, bits, axis, order)
 
@@ -114,9 +120,11 @@ def gptq_to_awq(qweight, bits=4, *, backend=None):
     return _dispatch.backend_for(fn, {"qweight": qweight}, backend).gptq_to_awq(qweight, bits)
 
 
-def repack(qweight, bits=4, *, src, dst, backend=None):
+def repack(qweight, bits=4, *, src, dst, k=None, backend=None):
     """qweight words of one format -> the same codes in another (``src`` / ``dst``: ``packing``
-    names, e.g. ``"awq"`` -> ``"gptq"``). Lossless; refuses a width ``dst`` cannot hold.
+    names, e.g. ``"awq"`` -> ``"gptq"``). Lossless; refuses a width ``dst`` cannot hold. ``k``
+    (K) is needed only for a ``src`` whose last word may be partly filled, when the words
+    alone do not tell it (compressed-tensors rows of K codes with ``K * bits`` not a multiple of 32).
 
     >>> import numpy as np, incq
     >>> awq = np.array([[0x86427531]], dtype=np.uint32).view(np.int32)          # K = 1, N = 8
@@ -128,12 +136,19 @@ def repack(qweight, bits=4, *, src, dst, backend=None):
     src, _ = v.check_packing(fn, src, bits, 0, name="src")
     dst, _ = v.check_packing(fn, dst, bits, 0, name="dst")
     qweight = v.check_packed(fn, "qweight", qweight, ndim=2)
-    k, n = v.logical_shape(tuple(qweight.shape), bits, src)
+    cap_k, n = v.logical_shape(tuple(qweight.shape), bits, src)
+    if FORMATS[src].partial:
+        k, n = v.layer_k(fn, FORMATS[src], qweight, bits, cap_k if k is None else k)
+    elif k is not None and k != cap_k:
+        raise v.fail(fn, "k", f"must be None or K = {cap_k} (the words hold it)", v.describe(k))
+    else:
+        k = cap_k
     v.check_layer_shape(fn, "qweight", (k, n), bits, dst)
-    return _dispatch.backend_for(fn, {"qweight": qweight}, backend).repack(qweight, bits, src, dst)
+    return _dispatch.backend_for(fn, {"qweight": qweight}, backend).repack(qweight, bits, src, dst, k)
 
 
-def repack_zeros(qzeros, bits=4, *, src, dst, src_zero_offset=0, dst_zero_offset=0, on_zero="raise", backend=None):
+def repack_zeros(qzeros, bits=4, *, src, dst, src_zero_offset=0, dst_zero_offset=0, on_zero="raise", n=None,
+                 backend=None):
     """Stored qzeros of one format and convention -> another's (``unpack_zeros`` then
     ``pack_zeros``; ``on_zero`` as in :func:`pack_zeros` for a zero point of 0 under v1).
 
@@ -148,22 +163,26 @@ def repack_zeros(qzeros, bits=4, *, src, dst, src_zero_offset=0, dst_zero_offset
     dst, dst_zero_offset = v.check_packing(fn, dst, bits, dst_zero_offset, name="dst")
     on_zero = v.check_str_choice(fn, "on_zero", on_zero, v.ON_ZERO)
     qzeros = _check_qzeros(fn, qzeros, bits, src)
-    n = qzeros.shape[1] * values_per_block(bits) // words_per_block(bits)
-    if n % values_per_block(bits):
-        raise v.fail(fn, "qzeros", f"needs N divisible by {values_per_block(bits)}", f"N = {n}")
+    n = _zeros_n(fn, qzeros, bits, src, n)
+    per = values_per_block(bits, FORMATS[dst].zeros_order)
+    if n % per and not FORMATS[dst].partial:
+        raise v.fail(fn, "qzeros", f"needs N divisible by {per} to pack the zero points as {FORMATS[dst].title}",
+                     f"N = {n}")
     chosen = _dispatch.backend_for(fn, {"qzeros": qzeros}, backend)
-    zeros = chosen.unpack_zeros(qzeros, bits, src, src_zero_offset)
+    zeros = chosen.unpack_zeros(qzeros, bits, src, src_zero_offset, n)
     return _encode_zeros(fn, chosen, zeros, bits, dst, dst_zero_offset, on_zero)
 
 
 def _check_qzeros(fn, qzeros, bits, packing):
     qzeros = v.check_packed(fn, "qzeros", qzeros, ndim=2)
-    words = words_per_block(bits)
-    v.check_divisible(fn, "qzeros", qzeros, 1, words, "columns")
+    fmt = FORMATS[packing]
+    if not fmt.partial:
+        v.check_divisible(fn, "qzeros", qzeros, 0 if fmt.transposed else 1, words_per_block(bits, fmt.zeros_order),
+                          "words along N")
     return qzeros
 
 
-def unpack_zeros(qzeros, bits=4, *, packing="gptq", zero_offset=0, backend=None):
+def unpack_zeros(qzeros, bits=4, *, packing="gptq", zero_offset=0, n=None, backend=None):
     """Stored qzeros ``[G, N * bits / 32]`` -> zero points ``z`` ``[G, N]`` (uint8).
 
     ``packing="gptq"`` packs sequentially along N; ``"awq"`` uses the AWQ nibble order.
@@ -182,7 +201,23 @@ def unpack_zeros(qzeros, bits=4, *, packing="gptq", zero_offset=0, backend=None)
     bits = v.check_bits(fn, bits)
     packing, zero_offset = v.check_packing(fn, packing, bits, zero_offset)
     qzeros = _check_qzeros(fn, qzeros, bits, packing)
-    return _dispatch.backend_for(fn, {"qzeros": qzeros}, backend).unpack_zeros(qzeros, bits, packing, zero_offset)
+    n = _zeros_n(fn, qzeros, bits, packing, n)
+    return _dispatch.backend_for(fn, {"qzeros": qzeros}, backend).unpack_zeros(qzeros, bits, packing, zero_offset, n)
+
+
+def _zeros_n(fn, qzeros, bits, packing, n):
+    """N of stored qzeros: the words' capacity, or ``n`` for a format whose last word may be
+    partly filled (refused unless the words hold exactly ``n``)."""
+    fmt = FORMATS[packing]
+    words = qzeros.shape[0 if fmt.transposed else 1]
+    capacity = words * values_per_block(bits, fmt.zeros_order) // words_per_block(bits, fmt.zeros_order)
+    if n is None:
+        return capacity
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1 or (
+            words_for(n, bits, fmt.zeros_order) != words if fmt.partial else n != capacity):
+        raise v.fail(fn, "n", f"must be None or the N that {words} words of {bits}-bit zero points hold",
+                     v.describe(n))
+    return n
 
 
 def _encode_zeros(fn, backend, zeros, bits, packing, zero_offset, on_zero):
@@ -226,8 +261,8 @@ def pack_zeros(zeros, bits=4, *, packing="gptq", zero_offset=0, on_zero="raise",
     packing, zero_offset = v.check_packing(fn, packing, bits, zero_offset)
     on_zero = v.check_str_choice(fn, "on_zero", on_zero, v.ON_ZERO)
     zeros = v.check_codes(fn, "zeros", zeros, bits, ndim=2)
-    per_block = values_per_block(bits)
-    v.check_divisible(fn, "zeros", zeros, 1, per_block, "columns (N)")
+    if not FORMATS[packing].partial:
+        v.check_divisible(fn, "zeros", zeros, 1, values_per_block(bits, FORMATS[packing].zeros_order), "columns (N)")
     chosen = _dispatch.backend_for(fn, {"zeros": zeros}, backend)
     return _encode_zeros(fn, chosen, zeros, bits, packing, zero_offset, on_zero)
 
@@ -274,7 +309,7 @@ def gptq_zeros_to_awq(qzeros, bits=4, *, zero_offset=0, backend=None):
 
 
 def dequantize(qweight, scales, qzeros=None, g_idx=None, *, bits=4, group_size=128, packing="gptq",
-               zero_offset=0, backend=None):
+               zero_offset=0, k=None, backend=None):
     """Dequantize a checkpoint layer: ``W[k, n] = (q[k, n] - z[g, n]) * s[g, n]``, ``g = g_idx[k]``.
 
     ===========  ===================  ===================  =====================
@@ -287,7 +322,11 @@ def dequantize(qweight, scales, qzeros=None, g_idx=None, *, bits=4, group_size=1
     ===========  ===================  ===================  =====================
 
     ``G = K / group_size`` (``group_size=-1``: one group). ``zero_offset`` is 1 for v1
-    checkpoints (stored z - 1, see :func:`unpack_zeros`) and 0 for raw zeros.
+    checkpoints (stored z - 1, see :func:`unpack_zeros`) and 0 for raw zeros. Every format of
+    ``incq.FORMATS`` is accepted: compressed-tensors stores the transposes (``weight_packed``
+    ``[N, words]``, ``weight_scale`` ``[N, G]``, ``weight_zero_point`` ``[words, G]``), and its
+    last word may be partly filled: ``k`` gives K when neither ``g_idx`` nor groups tell it
+    (per-channel).
 
     Returns ``W [K, N]`` in the scales' dtype. The product is formed in float32 (float64 for
     float64 scales), where it is exact, and rounded once to the scales' dtype.
@@ -301,7 +340,7 @@ def dequantize(qweight, scales, qzeros=None, g_idx=None, *, bits=4, group_size=1
            [-2.,  3.]], dtype=float16)
     """
     fn = "dequantize"
-    _, _, g, _ = v.check_layer(fn, qweight, scales, qzeros, g_idx, bits, group_size, packing, zero_offset)
+    _, _, g, _ = v.check_layer(fn, qweight, scales, qzeros, g_idx, bits, group_size, packing, zero_offset, k)
     chosen = _dispatch.backend_for(fn, dict(qweight=qweight, scales=scales, qzeros=qzeros, g_idx=g_idx), backend)
     return chosen.dequantize(qweight, scales, qzeros, g_idx, int(bits), g, packing, int(zero_offset))
 
@@ -340,14 +379,16 @@ def quantize(w, *, bits=4, group_size=128, sym=True, packing="gptq", zero_offset
     v.check_not_empty(fn, "w", w)
     g = v.check_group_size(fn, group_size, w.shape[0])
     per_block = values_per_block(bits)
-    if FORMATS[packing].weight_axis == 0:
-        v.check_divisible(fn, "w", w, 0, per_block, "rows (K)")
-    v.check_divisible(fn, "w", w, 1, per_block, "columns (N)")
+    fmt = FORMATS[packing]
+    if not fmt.partial:
+        if fmt.weight_axis == 0:
+            v.check_divisible(fn, "w", w, 0, per_block, "rows (K)")
+        v.check_divisible(fn, "w", w, 1, per_block, "columns (N)")
     return _dispatch.backend_for(fn, {"w": w}, backend).quantize(w, bits, g, sym, packing, zero_offset)
 
 
 def w4a16_matmul(x, qweight, scales, qzeros=None, g_idx=None, bias=None, *, bits=4, group_size=128,
-                 packing="gptq", zero_offset=0, backend=None):
+                 packing="gptq", zero_offset=0, k=None, backend=None):
     """``x @ dequantize(qweight, scales, qzeros, g_idx, ...) + bias`` for ``x [..., K]``;
     returns ``[..., N]`` in x's dtype. The layer arguments are those of :func:`dequantize`.
 
@@ -366,7 +407,7 @@ def w4a16_matmul(x, qweight, scales, qzeros=None, g_idx=None, bias=None, *, bits
     if isinstance(qweight, _layouts.LAYOUTS):
         raise v.fail(fn, "qweight", "must be a layer's qweight (for a prepared layout call layout_matmul(x, layout, "
                                     "bias))", type(qweight).__name__)
-    k, n, g, _ = v.check_layer(fn, qweight, scales, qzeros, g_idx, bits, group_size, packing, zero_offset)
+    k, n, g, _ = v.check_layer(fn, qweight, scales, qzeros, g_idx, bits, group_size, packing, zero_offset, k)
     x = v.check_float(fn, "x", x)
     if x.ndim < 1 or x.shape[-1] != k:
         raise v.fail(fn, "x", f"must have a last dimension of K = {k}", v.describe(x))

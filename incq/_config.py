@@ -7,7 +7,11 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from ._validate import SUPPORTED_BITS, describe, fail
+from ._formats import GPTQ
+from ._validate import describe, fail
+
+#: code widths a GPTQ / AWQ / AutoRound config may declare (the GPTQ layout's)
+SUPPORTED_BITS = GPTQ.bits
 
 #: AutoRound ``packing_format`` -> (packing, zero_offset)
 AUTOROUND_PACKING = {

@@ -29,6 +29,8 @@ class Format(NamedTuple):
     tensors: Mapping[str, str]  #: role -> the tensor name's suffix in a checkpoint
     act_order: bool  #: whether a ``g_idx`` can be stored
     zeros_stored: bool  #: whether qzeros are always stored (a symmetric layer stores 2^(b-1))
+    transposed: bool = False  #: stored as the transposes: qweight [N, words], scales [N, G], qzeros [words, G]
+    partial: bool = False  #: the packed axis may end in a partly filled word (K, N need not fill blocks)
 
 
 _GPTQ_NAMES = MappingProxyType({"qweight": "qweight", "qzeros": "qzeros", "scales": "scales", "g_idx": "g_idx"})
@@ -42,8 +44,23 @@ AWQ = Format(
     zero_offsets=(0,), tensors=_GPTQ_NAMES, act_order=False, zeros_stored=True,
 )
 
+_CT_NAMES = MappingProxyType({"qweight": "weight_packed", "qzeros": "weight_zero_point", "scales": "weight_scale",
+                              "g_idx": "weight_g_idx", "shape": "weight_shape"})
+#: compressed-tensors ``pack-quantized`` from 0.18 on: one dense bit stream per row of [N, K]
+COMPRESSED_TENSORS = Format(
+    name="compressed-tensors", title="compressed-tensors pack-quantized", bits=(2, 3, 4, 5, 6, 7, 8), weight_axis=0,
+    weight_order="sequential", zeros_order="sequential", zero_offsets=(0,), tensors=_CT_NAMES, act_order=True,
+    zeros_stored=False, transposed=True, partial=True,
+)
+#: compressed-tensors ``pack-quantized`` up to 0.17: ``32 // bits`` codes per word, top bits zero
+COMPRESSED_TENSORS_PADDED = COMPRESSED_TENSORS._replace(
+    name="compressed-tensors-padded", title="compressed-tensors pack-quantized (padded, <= 0.17)",
+    weight_order="padded", zeros_order="padded",
+)
+
 #: every format, by its ``packing=`` name
-FORMATS: Mapping[str, Format] = MappingProxyType({f.name: f for f in (GPTQ, AWQ)})
+FORMATS: Mapping[str, Format] = MappingProxyType(
+    {f.name: f for f in (GPTQ, AWQ, COMPRESSED_TENSORS, COMPRESSED_TENSORS_PADDED)})
 #: the format every kernel layout and every conversion works through
 CANONICAL = GPTQ
 

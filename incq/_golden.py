@@ -11,7 +11,7 @@ import numpy as np
 from einops import rearrange
 
 from . import _formats as formats
-from ._layout import AWQ_ORDER, AWQ_REVERSE_ORDER, v1_offset_block, values_per_block, words_per_block
+from ._layout import AWQ_ORDER, AWQ_REVERSE_ORDER, v1_offset_block, values_per_block, words_for, words_per_block
 
 _MASK32 = np.uint64(0xFFFFFFFF)
 
@@ -19,9 +19,24 @@ _MASK32 = np.uint64(0xFFFFFFFF)
 # --------------------------------------------------------------------------- pack / unpack
 
 
-def _pack_last(values: np.ndarray, bits: int) -> np.ndarray:
-    """Pack along the last axis in sequential order; returns int32 words."""
-    if bits == 3:
+def _pack_stream(values: np.ndarray, bits: int) -> np.ndarray:
+    """Any width, sequential order: the codes' bits (lowest first) as one stream, cut into words."""
+    bit = (values.astype(np.uint32)[..., None] >> np.arange(bits, dtype=np.uint32)) & np.uint32(1)
+    words = rearrange(rearrange(bit, "... n b -> ... (n b)"), "... (w t) -> ... w t", t=32)
+    return (words.astype(np.uint64) << np.arange(32, dtype=np.uint64)).sum(-1).astype(np.uint32).view(np.int32)
+
+
+def _unpack_stream(packed: np.ndarray, bits: int) -> np.ndarray:
+    bit = (packed.view(np.uint32)[..., None] >> np.arange(32, dtype=np.uint32)) & np.uint32(1)
+    codes = rearrange(rearrange(bit, "... w t -> ... (w t)"), "... (n b) -> ... n b", b=bits)
+    return (codes << np.arange(bits, dtype=np.uint32)).sum(-1).astype(np.uint8)
+
+
+def _pack_last(values: np.ndarray, bits: int, order: str = "sequential") -> np.ndarray:
+    """Pack along the last axis in sequential or padded order; returns int32 words."""
+    if order != "padded" and 32 % bits and bits != 3:
+        return _pack_stream(values, bits)
+    if bits == 3 and order != "padded":
         v = values.astype(np.uint64)
         # A block of 32 values is one 96-bit little-endian stream; value j at bits 3j..3j+2.
         # Values 0..10 fill stream bits 0..32 ("low"); values 11..31 fill bits 33..95, which
@@ -34,16 +49,18 @@ def _pack_last(values: np.ndarray, bits: int) -> np.ndarray:
         words = np.stack([low & _MASK32, (low >> np.uint64(32)) | (high & _MASK32), high >> np.uint64(32)], -1)
         words = rearrange(words, "... w k -> ... (w k)")
     else:
-        per_word = 32 // bits
+        per_word = 32 // bits  # padded: the top 32 % bits bits stay zero
         shifts = np.arange(per_word, dtype=np.uint32) * bits
         blocks = rearrange(values.astype(np.uint32), "... (w j) -> ... w j", j=per_word)
         words = np.bitwise_or.reduce(blocks << shifts, axis=-1)
     return words.astype(np.uint32).view(np.int32)
 
 
-def _unpack_last(packed: np.ndarray, bits: int) -> np.ndarray:
-    """Unpack int32 words along the last axis in sequential order; returns uint8 codes."""
-    if bits == 3:
+def _unpack_last(packed: np.ndarray, bits: int, order: str = "sequential") -> np.ndarray:
+    """Unpack int32 words along the last axis in sequential or padded order; returns uint8 codes."""
+    if order != "padded" and 32 % bits and bits != 3:
+        return _unpack_stream(packed, bits)
+    if bits == 3 and order != "padded":
         w = packed.view(np.uint32).astype(np.uint64)
         mask = np.uint64((1 << bits) - 1)
         blocks = rearrange(w, "... (w k) -> ... w k", k=3)
@@ -63,11 +80,11 @@ def pack(values: np.ndarray, bits: int, axis: int, order: str) -> np.ndarray:
     if order == "awq":
         v = rearrange(v, "... (c s) -> ... c s", s=8)[..., list(AWQ_ORDER)]
         v = rearrange(v, "... c s -> ... (c s)")
-    return np.ascontiguousarray(np.moveaxis(_pack_last(v, bits), -1, axis))
+    return np.ascontiguousarray(np.moveaxis(_pack_last(v, bits, order), -1, axis))
 
 
 def unpack(packed: np.ndarray, bits: int, axis: int, order: str) -> np.ndarray:
-    v = _unpack_last(np.moveaxis(packed, axis, -1), bits)
+    v = _unpack_last(np.moveaxis(packed, axis, -1), bits, order)
     if order == "awq":
         v = rearrange(v, "... (c s) -> ... c s", s=8)[..., list(AWQ_REVERSE_ORDER)]
         v = rearrange(v, "... c s -> ... (c s)")
@@ -82,12 +99,10 @@ def gptq_to_awq(qweight: np.ndarray, bits: int) -> np.ndarray:
     return pack_weight(unpack_weight(qweight, bits, formats.GPTQ.name), bits, formats.AWQ.name)
 
 
-def repack(qweight, bits: int, src: str, dst: str):
-    """qweight words of format ``src`` -> the same codes in format ``dst``."""
-    a, b = formats.get(src), formats.get(dst)
-    if (a.weight_axis, a.weight_order) == (b.weight_axis, b.weight_order):
-        return qweight.copy()
-    return pack_weight(unpack_weight(qweight, bits, src), bits, dst)
+def repack(qweight, bits: int, src: str, dst: str, k: int | None = None):
+    """qweight words of format ``src`` (K = ``k`` when its last word may be partly filled) ->
+    the same codes in format ``dst``."""
+    return pack_weight(unpack_weight(qweight, bits, src, k), bits, dst)
 
 
 # --------------------------------------------------------------------------- zero points
@@ -110,35 +125,74 @@ def add_block_constant(words: np.ndarray, bits: int, constant: tuple[int, ...]) 
     return rearrange(out, "... b k -> ... (b k)").astype(np.uint32).view(np.int32)
 
 
-def unpack_zeros(qzeros: np.ndarray, bits: int, packing: str, zero_offset: int) -> np.ndarray:
-    """Stored zero words ``[G, N*b/32]`` -> zero points ``[G, N]`` (uint8); v1 adds the block of
-    ones to each packed block first (``specs/zero-points.md``)."""
+def unpack_zeros(qzeros: np.ndarray, bits: int, packing: str, zero_offset: int, n: int | None = None) -> np.ndarray:
+    """Stored zero words -> zero points ``[G, N]`` (uint8); v1 adds the block of ones to each
+    packed block first (``specs/zero-points.md``). ``n`` cuts a partly filled last word."""
+    fmt = formats.get(packing)
+    words = qzeros.T if fmt.transposed else qzeros
     if zero_offset:
-        qzeros = add_block_constant(qzeros, bits, v1_offset_block(bits, +1))
-    return unpack(qzeros, bits, 1, formats.get(packing).zeros_order)
+        words = add_block_constant(words, bits, v1_offset_block(bits, +1))
+    return _unpack_axis(words, bits, 1, fmt.zeros_order, n)
 
 
 def pack_zeros(zeros: np.ndarray, bits: int, packing: str, zero_offset: int) -> np.ndarray:
     """Zero points ``[G, N]`` -> stored zero words; v1 subtracts one with borrows (GPTQModel)."""
-    words = pack(zeros, bits, 1, formats.get(packing).zeros_order)
+    fmt = formats.get(packing)
+    words = _pack_axis(zeros, bits, 1, fmt.zeros_order, fmt.partial)
     if zero_offset:
         words = add_block_constant(words, bits, v1_offset_block(bits, -1))
-    return words
+    return np.ascontiguousarray(words.T) if fmt.transposed else words
+
+
+def _pad_to(a: np.ndarray, axis: int, multiple: int) -> np.ndarray:
+    """``a`` zero-padded along ``axis`` to a multiple of ``multiple``."""
+    extra = -a.shape[axis] % multiple
+    if not extra:
+        return a
+    widths = [(0, 0)] * a.ndim
+    widths[axis] = (0, extra)
+    return np.pad(a, widths)
+
+
+def _unpack_axis(words: np.ndarray, bits: int, axis: int, order: str, length: int | None = None) -> np.ndarray:
+    """Codes along ``axis``; a partly filled last block is read as if padded with zero words,
+    and the codes are cut to ``length``."""
+    codes = unpack(_pad_to(words, axis, words_per_block(bits, order)), bits, axis, order)
+    if length is None or length == codes.shape[axis]:
+        return codes
+    return np.ascontiguousarray(np.take(codes, np.arange(length), axis=axis))
+
+
+def _pack_axis(codes: np.ndarray, bits: int, axis: int, order: str, partial: bool) -> np.ndarray:
+    """Words along ``axis``; with ``partial`` the codes are padded with zeros to a whole block
+    and only the words they reach are kept (``ceil(length * bits / 32)``, padded: per word)."""
+    length = codes.shape[axis]
+    words = pack(_pad_to(codes, axis, values_per_block(bits, order)), bits, axis, order)
+    if not partial:
+        return words
+    return np.ascontiguousarray(np.take(words, np.arange(words_for(length, bits, order)), axis=axis))
 
 
 # --------------------------------------------------------------------------- dequantize
 
 
-def unpack_weight(qweight: np.ndarray, bits: int, packing: str) -> np.ndarray:
-    """Checkpoint qweight -> codes ``[K, N]`` (uint8)."""
+def unpack_weight(qweight: np.ndarray, bits: int, packing: str, k: int | None = None) -> np.ndarray:
+    """Checkpoint qweight -> codes ``[K, N]`` (uint8); ``k`` cuts a partly filled last word."""
     fmt = formats.get(packing)
-    return unpack(qweight, bits, fmt.weight_axis, fmt.weight_order)
+    words = qweight.T if fmt.transposed else qweight
+    return _unpack_axis(words, bits, fmt.weight_axis, fmt.weight_order, k if fmt.weight_axis == 0 else None)
 
 
 def pack_weight(q: np.ndarray, bits: int, packing: str) -> np.ndarray:
     """Codes ``[K, N]`` -> the format's qweight words."""
     fmt = formats.get(packing)
-    return pack(q, bits, fmt.weight_axis, fmt.weight_order)
+    words = _pack_axis(q, bits, fmt.weight_axis, fmt.weight_order, fmt.partial)
+    return np.ascontiguousarray(words.T) if fmt.transposed else words
+
+
+def logical_scales(scales: np.ndarray, packing: str) -> np.ndarray:
+    """The format's stored scales -> ``[G, N]``."""
+    return scales.T if formats.get(packing).transposed else scales
 
 
 def group_index(k: int, group_size: int, g_idx: np.ndarray | None) -> np.ndarray:
@@ -148,11 +202,13 @@ def group_index(k: int, group_size: int, g_idx: np.ndarray | None) -> np.ndarray
 
 
 def dequantize(qweight, scales, qzeros, g_idx, bits, group_size, packing, zero_offset):
-    q = unpack_weight(qweight, bits, packing)
+    scales = logical_scales(scales, packing)
+    groups, n = scales.shape
+    q = unpack_weight(qweight, bits, packing, groups * group_size)
     if qzeros is None:
         zeros = np.full(scales.shape, 1 << (bits - 1), dtype=np.uint8)
     else:
-        zeros = unpack_zeros(qzeros, bits, packing, zero_offset)
+        zeros = unpack_zeros(qzeros, bits, packing, zero_offset, n)
     grp = group_index(q.shape[0], group_size, g_idx)
     # (q - z) needs at most 9 bits and a float16/bfloat16/float32 scale at most 24, so the
     # float32 product is exact: one rounding, to the scales' dtype, and no double rounding.
@@ -211,7 +267,8 @@ def quantize(w, bits, group_size, sym, packing, zero_offset, scale_dtype=None):
     qweight = pack_weight(q, bits, packing)
     qzeros = pack_zeros(zeros, bits, packing, zero_offset)
     g_idx = (np.arange(k) // g).astype(np.int32)
-    return qweight, scales, qzeros, g_idx
+    stored = np.ascontiguousarray(scales.T) if formats.get(packing).transposed else scales
+    return qweight, stored, qzeros, g_idx
 
 
 # --------------------------------------------------------------------------- matmul

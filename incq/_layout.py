@@ -2,20 +2,37 @@
 
 from __future__ import annotations
 
+import math
+
 #: AWQ nibble order: slot ``i`` of a word holds column ``8 * c + AWQ_ORDER[i]``.
 AWQ_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)
 #: The inverse permutation: sequential column ``j`` sits in slot ``AWQ_REVERSE_ORDER[j]``.
 AWQ_REVERSE_ORDER = (0, 4, 1, 5, 2, 6, 3, 7)
 
 
-def values_per_block(bits: int) -> int:
-    """Values in one packing block: a word for 2/4/8 bits, three words (32 values) for 3 bits."""
-    return 32 if bits == 3 else 32 // bits
+def values_per_block(bits: int, order: str = "sequential") -> int:
+    """Values in one packing block. Sequential: the fewest values that fill whole words (a word
+    for 2/4/8 bits; 32 values in 3, 5, 3 and 7 words for 3, 5, 6 and 7 bits; 6 bits: 16 values).
+    Padded: the values that fit one word, ``32 // bits``, the top bits left zero."""
+    if order == "padded":
+        return 32 // bits
+    return 32 // math.gcd(32, bits)
 
 
-def words_per_block(bits: int) -> int:
+def words_per_block(bits: int, order: str = "sequential") -> int:
     """int32 words in one packing block."""
-    return 3 if bits == 3 else 1
+    if order == "padded":
+        return 1
+    return bits // math.gcd(32, bits)
+
+
+def words_for(values: int, bits: int, order: str = "sequential") -> int:
+    """Words that hold ``values`` codes when the last word may be partly filled (compressed-
+    tensors): ``ceil(values * bits / 32)`` in a sequential stream, ``ceil(values / (32 // bits))``
+    padded."""
+    if order == "padded":
+        return -(-values // (32 // bits))
+    return -(-values * bits // 32)
 
 
 def v1_offset_block(bits: int, sign: int) -> tuple[int, ...]:
@@ -31,23 +48,45 @@ def v1_offset_block(bits: int, sign: int) -> tuple[int, ...]:
     return tuple((block >> (32 * i)) & 0xFFFFFFFF for i in range(k))
 
 
+def _packed_length(length: int, bits: int, order: str, partial: bool) -> int:
+    if partial:
+        return words_for(length, bits, order)
+    return length * words_per_block(bits, order) // values_per_block(bits, order)
+
+
 def packed_shape(k: int, n: int, bits: int, packing: str) -> tuple[int, int]:
-    """The qweight shape of a K x N weight in ``packing``: the inverse of :func:`logical_shape`."""
+    """The qweight shape of a K x N weight in ``packing`` (``incq._formats``)."""
     from ._formats import get
 
+    fmt = get(packing)
     shape = [k, n]
-    axis = get(packing).weight_axis
-    shape[axis] = shape[axis] * words_per_block(bits) // values_per_block(bits)
-    return shape[0], shape[1]
+    shape[fmt.weight_axis] = _packed_length(shape[fmt.weight_axis], bits, fmt.weight_order, fmt.partial)
+    return (shape[1], shape[0]) if fmt.transposed else (shape[0], shape[1])
+
+
+def zeros_shape(groups: int, n: int, bits: int, packing: str) -> tuple[int, int]:
+    """The qzeros shape of zero points ``[G, N]`` in ``packing`` (packed along N)."""
+    from ._formats import get
+
+    fmt = get(packing)
+    words = _packed_length(n, bits, fmt.zeros_order, fmt.partial)
+    return (words, groups) if fmt.transposed else (groups, words)
+
+
+def scales_shape(groups: int, n: int, packing: str) -> tuple[int, int]:
+    from ._formats import get
+
+    return (n, groups) if get(packing).transposed else (groups, n)
 
 
 def logical_shape(qweight_shape: tuple[int, ...], bits: int, packing: str) -> tuple[int, int]:
-    """(K, N) of the weight a 2-d qweight packs: its packed axis (``incq._formats``) holds
-    ``values_per_block / words_per_block`` codes per word, e.g. GPTQ ``[K * bits / 32, N]``,
-    AWQ ``[K, N / 8]``."""
+    """(K, N) of the weight a 2-d qweight packs: its packed axis holds ``values_per_block /
+    words_per_block`` codes per word, e.g. GPTQ ``[K * bits / 32, N]``, AWQ ``[K, N / 8]``. For a
+    format whose last word may be partly filled, the packed axis's capacity (an upper bound)."""
     from ._formats import get
 
-    shape = list(qweight_shape)
-    axis = get(packing).weight_axis
-    shape[axis] = shape[axis] * values_per_block(bits) // words_per_block(bits)
+    fmt = get(packing)
+    shape = list(qweight_shape)[::-1] if fmt.transposed else list(qweight_shape)
+    axis = fmt.weight_axis
+    shape[axis] = shape[axis] * values_per_block(bits, fmt.weight_order) // words_per_block(bits, fmt.weight_order)
     return shape[0], shape[1]

@@ -93,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
         kwargs = dict(bits=bits, group_size=g, packing=packing, zero_offset=zero_offset)
         layer, ms_q = _timed(incq.quantize, w, sym=sym, **kwargs)
         deq, ms_d = _timed(incq.dequantize, *layer, **kwargs)
-        step = np.repeat(np.abs(layer[1].astype(np.float64)), rows_per_group, axis=0)
+        logical = layer[1].T if FORMATS[packing].transposed else layer[1]  # scales [G, N]
+        step = np.repeat(np.abs(logical.astype(np.float64)), rows_per_group, axis=0)
         err = float((np.abs(deq.astype(np.float64) - w) / step).max())
         # specs/quantize.md: half a step (asym) or one step (sym, top code clipped) + scale rounding
         bound = (1.0 if sym else 0.5) + (1 << bits) * eps + eps
@@ -112,11 +113,12 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             for target in sorted(other.zero_offsets, reverse=True):
                 (qweight, qzeros), ms_c = _timed(lambda: (
-                    incq.repack(layer[0], bits, src=packing, dst=other.name),
+                    incq.repack(layer[0], bits, src=packing, dst=other.name, k=args.k),
                     incq.repack_zeros(layer[2], bits, src=packing, dst=other.name, src_zero_offset=zero_offset,
-                                      dst_zero_offset=target, on_zero="borrow")))
-                again = incq.dequantize(qweight, layer[1], qzeros, bits=bits, group_size=g, packing=other.name,
-                                        zero_offset=target)
+                                      dst_zero_offset=target, on_zero="borrow", n=args.n)))
+                scales = layer[1] if other.transposed == FORMATS[packing].transposed else layer[1].T.copy()
+                again = incq.dequantize(qweight, scales, qzeros, bits=bits, group_size=g, packing=other.name,
+                                        zero_offset=target, k=args.k)
                 same = bool(np.array_equal(again, deq))
                 ok &= same
                 label = f"  -> repack to {other.name}, zero_offset={target}"

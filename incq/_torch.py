@@ -29,7 +29,7 @@ import math
 import torch
 
 from . import _formats as formats
-from ._layout import AWQ_ORDER, AWQ_REVERSE_ORDER, logical_shape, v1_offset_block, values_per_block, words_per_block
+from ._layout import AWQ_ORDER, AWQ_REVERSE_ORDER, logical_shape, v1_offset_block, values_per_block, words_for, words_per_block
 
 _LOW32 = 0xFFFFFFFF
 #: (distance in words, shift in bits, mask of the low part) of the three nibble exchanges
@@ -81,10 +81,42 @@ def _resized(x: torch.Tensor, axis: int, length: int, dtype: torch.dtype) -> tor
     return torch.empty(shape, dtype=dtype, device=x.device)
 
 
+def _generic(bits: int, order: str) -> bool:
+    """Widths and orders outside the byte-slot fast paths: 5/6/7-bit streams, padded 3/5/6/7 bits."""
+    return (order == "padded" and 32 % bits != 0) or (order == "sequential" and bits in (5, 6, 7))
+
+
+def _pack_generic_last(codes: torch.Tensor, bits: int, order: str) -> torch.Tensor:
+    """Padded: ``32 // bits`` codes per word, shifted into place in int64. Sequential: the codes'
+    bits (lowest first) as one stream, cut into 32-bit words."""
+    if order == "padded":
+        per = 32 // bits
+        shifts = torch.arange(per, device=codes.device, dtype=torch.int64) * bits
+        words = (codes.to(torch.int64).unflatten(-1, (-1, per)) << shifts).sum(-1)
+        return _low32_to_int32(words)
+    bit = (codes.to(torch.int64).unsqueeze(-1) >> torch.arange(bits, device=codes.device)) & 1
+    stream = bit.flatten(-2).unflatten(-1, (-1, 32))
+    return _low32_to_int32((stream << torch.arange(32, device=codes.device)).sum(-1))
+
+
+def _unpack_generic_last(packed: torch.Tensor, bits: int, order: str) -> torch.Tensor:
+    words = packed.to(torch.int64) & _LOW32
+    if order == "padded":
+        shifts = torch.arange(32 // bits, device=packed.device, dtype=torch.int64) * bits
+        return ((words.unsqueeze(-1) >> shifts) & ((1 << bits) - 1)).to(torch.uint8).flatten(-2)
+    bit = (words.unsqueeze(-1) >> torch.arange(32, device=packed.device)) & 1
+    codes = bit.flatten(-2).unflatten(-1, (-1, bits))
+    return (codes << torch.arange(bits, device=packed.device)).sum(-1).to(torch.uint8)
+
+
 def pack(values: torch.Tensor, bits: int, axis: int, order: str) -> torch.Tensor:
     if values.numel() == 0:
-        return _resized(values, axis, int(values.shape[axis] * bits // 32), torch.int32)
+        per, words = values_per_block(bits, order), words_per_block(bits, order)
+        return _resized(values, axis, int(values.shape[axis] * words // per), torch.int32)
     codes = values if values.dtype == torch.uint8 else values.to(torch.uint8)
+    if _generic(bits, order):
+        return _pack_generic_last(codes.movedim(axis, -1), bits, order).movedim(-1, axis).contiguous()
+    order = "sequential" if order == "padded" else order  # 2/4/8 bits: the same words
     if bits == 3:
         return _pack3_last(codes.movedim(axis, -1)).movedim(-1, axis).contiguous()
     per = 32 // bits
@@ -112,7 +144,11 @@ def _bytes_to_words(byte: torch.Tensor, shape: tuple[int, int, int]) -> torch.Te
 
 def unpack(packed: torch.Tensor, bits: int, axis: int, order: str) -> torch.Tensor:
     if packed.numel() == 0:
-        return _resized(packed, axis, packed.shape[axis] * 32 // bits, torch.uint8)
+        per, words = values_per_block(bits, order), words_per_block(bits, order)
+        return _resized(packed, axis, packed.shape[axis] * per // words, torch.uint8)
+    if _generic(bits, order):
+        return _unpack_generic_last(packed.movedim(axis, -1), bits, order).movedim(-1, axis).contiguous()
+    order = "sequential" if order == "padded" else order
     if bits == 3:
         return _unpack3_last(packed.movedim(axis, -1)).movedim(-1, axis).contiguous()
     per = 32 // bits
@@ -243,10 +279,12 @@ def awq_to_gptq(qweight: torch.Tensor, bits: int) -> torch.Tensor:
     return out.view(k // 8, 8 * c)
 
 
-def repack(qweight: torch.Tensor, bits: int, src: str, dst: str) -> torch.Tensor:
+def repack(qweight: torch.Tensor, bits: int, src: str, dst: str, k: int | None = None) -> torch.Tensor:
     """qweight words of format ``src`` -> the same codes in format ``dst``; the AWQ <-> GPTQ
     bit orders by the nibble exchange network, any other pair through the codes."""
     a, b = formats.get(src), formats.get(dst)
+    if a.transposed or a.partial or b.transposed or b.partial:
+        return pack_weight(unpack_weight(qweight, bits, src, k), bits, dst)
     orders = ((a.weight_axis, a.weight_order), (b.weight_axis, b.weight_order))
     if orders[0] == orders[1]:
         return qweight.clone()
@@ -296,35 +334,67 @@ def add_block_constant(words: torch.Tensor, bits: int, constant: tuple[int, ...]
     return _low32_to_int32(torch.stack(out, -1).flatten(-2))
 
 
-def unpack_zeros(qzeros: torch.Tensor, bits: int, packing: str, zero_offset: int) -> torch.Tensor:
+def unpack_zeros(qzeros: torch.Tensor, bits: int, packing: str, zero_offset: int, n: int | None = None) -> torch.Tensor:
+    fmt = formats.get(packing)
+    words = qzeros.t() if fmt.transposed else qzeros
     if zero_offset:
-        qzeros = add_block_constant(qzeros, bits, v1_offset_block(bits, +1))
-    return unpack(qzeros, bits, 1, formats.get(packing).zeros_order)
+        words = add_block_constant(words, bits, v1_offset_block(bits, +1))
+    return _unpack_axis(words, bits, 1, fmt.zeros_order, n)
 
 
 def pack_zeros(zeros: torch.Tensor, bits: int, packing: str, zero_offset: int) -> torch.Tensor:
-    words = pack(zeros, bits, 1, formats.get(packing).zeros_order)
+    fmt = formats.get(packing)
+    words = _pack_axis(zeros, bits, 1, fmt.zeros_order, fmt.partial)
     if zero_offset:
         words = add_block_constant(words, bits, v1_offset_block(bits, -1))
-    return words
+    return words.t().contiguous() if fmt.transposed else words
+
+
+def _pad_to(a: torch.Tensor, axis: int, multiple: int) -> torch.Tensor:
+    extra = -a.shape[axis] % multiple
+    if not extra:
+        return a
+    shape = list(a.shape)
+    shape[axis] = extra
+    return torch.cat([a, a.new_zeros(shape)], axis)
+
+
+def _unpack_axis(words: torch.Tensor, bits: int, axis: int, order: str, length: int | None = None) -> torch.Tensor:
+    """Codes along ``axis``; a partly filled last block reads as if padded with zero words."""
+    codes = unpack(_pad_to(words, axis, words_per_block(bits, order)), bits, axis, order)
+    if length is None or length == codes.shape[axis]:
+        return codes
+    return codes.narrow(axis, 0, length).contiguous()
+
+
+def _pack_axis(codes: torch.Tensor, bits: int, axis: int, order: str, partial: bool) -> torch.Tensor:
+    length = codes.shape[axis]
+    words = pack(_pad_to(codes, axis, values_per_block(bits, order)), bits, axis, order)
+    if not partial:
+        return words
+    return words.narrow(axis, 0, words_for(length, bits, order)).contiguous()
 
 
 # --------------------------------------------------------------------------- dequantize
 
 
-def unpack_weight(qweight: torch.Tensor, bits: int, packing: str) -> torch.Tensor:
+def unpack_weight(qweight: torch.Tensor, bits: int, packing: str, k: int | None = None) -> torch.Tensor:
     fmt = formats.get(packing)
-    return unpack(qweight, bits, fmt.weight_axis, fmt.weight_order)
+    words = qweight.t() if fmt.transposed else qweight
+    return _unpack_axis(words, bits, fmt.weight_axis, fmt.weight_order, k if fmt.weight_axis == 0 else None)
 
 
 def pack_weight(q: torch.Tensor, bits: int, packing: str) -> torch.Tensor:
     fmt = formats.get(packing)
-    return pack(q, bits, fmt.weight_axis, fmt.weight_order)
+    words = _pack_axis(q, bits, fmt.weight_axis, fmt.weight_order, fmt.partial)
+    return words.t().contiguous() if fmt.transposed else words
 
 
 def _weight_rows(qweight: torch.Tensor, bits: int, packing: str, r0: int, r1: int) -> torch.Tensor:
     """Codes of rows ``r0:r1`` of ``q[K, N]`` (whole packing blocks when packed along K)."""
     fmt = formats.get(packing)
+    if fmt.transposed or fmt.partial:
+        return unpack_weight(qweight, bits, packing, r1)[r0:r1]
     if fmt.weight_axis == 0:
         per, words = values_per_block(bits), words_per_block(bits)
         qweight = qweight[r0 * words // per : r1 * words // per]
@@ -341,7 +411,7 @@ def _zero_points(qzeros, scales, bits, packing, zero_offset, dtype) -> torch.Ten
     """Zero points ``[G, N]`` in ``dtype`` (``2**(bits-1)`` everywhere when none are stored)."""
     if qzeros is None:
         return torch.full(scales.shape, float(1 << (bits - 1)), dtype=dtype, device=scales.device)
-    return unpack_zeros(qzeros, bits, packing, zero_offset).to(dtype)
+    return unpack_zeros(qzeros, bits, packing, zero_offset, scales.shape[1]).to(dtype)
 
 
 def _dequantize(qweight, scales, qzeros, g_idx, bits, group_size, packing, zero_offset, out_dtype):
@@ -356,12 +426,15 @@ def _dequantize(qweight, scales, qzeros, g_idx, bits, group_size, packing, zero_
     Eagerly, on the CPU, the rows are processed in blocks of whole groups so that the
     temporaries stay in the cache; under ``torch.compile`` one functional expression is traced.
     """
+    fmt = formats.get(packing)
+    if fmt.transposed:
+        scales = scales.t()
     same = out_dtype == scales.dtype
     compute = out_dtype if same else (torch.float64 if torch.float64 in (scales.dtype, out_dtype) else torch.float32)
     s = scales.to(compute)
     z = _zero_points(qzeros, scales, bits, packing, zero_offset, compute)
-    if _compiling():
-        q = unpack_weight(qweight, bits, packing)
+    if _compiling() or fmt.transposed or fmt.partial:
+        q = unpack_weight(qweight, bits, packing, scales.shape[0] * group_size)
         rows = g_idx.to(torch.int64) if g_idx is not None else torch.arange(q.shape[0], device=q.device) // group_size
         return ((q.to(compute) - z[rows]) * s[rows]).to(out_dtype)
     k, n = logical_shape(tuple(qweight.shape), bits, packing)
@@ -439,7 +512,8 @@ def quantize(w, bits, group_size, sym, packing, zero_offset):
     qweight = pack_weight(q, bits, packing)
     qzeros = pack_zeros(zeros, bits, packing, zero_offset)
     g_idx = torch.div(torch.arange(k, device=w.device), g, rounding_mode="floor").to(torch.int32)
-    return qweight, scales, qzeros, g_idx
+    stored = scales.t().contiguous() if formats.get(packing).transposed else scales
+    return qweight, stored, qzeros, g_idx
 
 
 # --------------------------------------------------------------------------- matmul

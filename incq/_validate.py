@@ -15,10 +15,11 @@ import numpy as np
 
 from ._errors import IncqError
 from ._formats import FORMATS
-from ._layout import logical_shape, values_per_block, words_per_block
+from ._layout import logical_shape, scales_shape, values_per_block, words_for, words_per_block, zeros_shape
 
-SUPPORTED_BITS = (2, 3, 4, 8)
-ORDERS = ("sequential", "awq")
+#: every code width some format holds
+SUPPORTED_BITS = tuple(sorted({b for fmt in FORMATS.values() for b in fmt.bits}))
+ORDERS = ("sequential", "awq", "padded")
 PACKINGS = tuple(FORMATS)
 ON_ZERO = ("raise", "borrow", "clamp")
 
@@ -236,33 +237,72 @@ def check_shape(fn: str, name: str, x: Any, shape: tuple[int, ...], how: str) ->
 
 
 def check_layer_shape(fn: str, name: str, kn: tuple[int, int], bits: int, packing: str) -> None:
-    """The logical ``(K, N)`` can be packed in ``packing``: its packed axis holds whole blocks."""
-    axis = FORMATS[packing].weight_axis
-    per = values_per_block(bits)
-    if kn[axis] % per:
-        raise fail(fn, name, f"must hold a weight whose {'KN'[axis]} is divisible by {per} to pack it as "
-                             f"{FORMATS[packing].title}", f"K x N = {kn[0]} x {kn[1]}")
+    """The logical ``(K, N)`` can be packed in ``packing``: its packed axis holds whole blocks
+    (any length, in a format whose last word may be partly filled)."""
+    fmt = FORMATS[packing]
+    per = values_per_block(bits, fmt.weight_order)
+    if not fmt.partial and kn[fmt.weight_axis] % per:
+        raise fail(fn, name, f"must hold a weight whose {'KN'[fmt.weight_axis]} is divisible by {per} to pack it as "
+                             f"{fmt.title}", f"K x N = {kn[0]} x {kn[1]}")
 
 
-def check_layer(fn, qweight, scales, qzeros, g_idx, bits, group_size, packing, zero_offset):
-    """Checks a quantized layer's tensors against each other; returns (K, N, group_size, G)."""
+def _layer_k(fn, fmt, qweight, scales, g_idx, bits, group_size, k):
+    """K of a layer whose packed axis may end in a partly filled word: ``k`` when given, else
+    the length of ``g_idx``, else groups x group_size, else the words' capacity."""
+    if k is None and g_idx is not None and getattr(g_idx, "ndim", 0) == 1:
+        k = int(g_idx.shape[0])
+    if k is None and isinstance(group_size, numbers.Integral) and not isinstance(group_size, bool) and group_size > 0:
+        k = int(scales.shape[1 if fmt.transposed else 0]) * int(group_size)
+    return layer_k(fn, fmt, qweight, bits, k)
+
+
+def layer_k(fn, fmt, qweight, bits, k):
+    """(K, N) of a qweight in ``fmt`` whose last word may be partly filled, for ``k`` or (None)
+    the words' capacity; refuses a ``k`` the words do not hold exactly."""
+    cap_k, n = logical_shape(tuple(qweight.shape), bits, fmt.name)
+    if k is None:
+        k = cap_k
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
+        raise fail(fn, "k", "must be a positive integer (the number of input features) or None", describe(k))
+    stored = tuple(qweight.shape)[::-1] if fmt.transposed else tuple(qweight.shape)
+    expected = words_for(int(k), bits, fmt.weight_order)
+    if stored[fmt.weight_axis] != expected:
+        raise fail(fn, "qweight", f"must hold {expected} words per row for K = {k} {bits}-bit codes "
+                                  f"({fmt.title})", describe(qweight))
+    return int(k), n
+
+
+def check_layer(fn, qweight, scales, qzeros, g_idx, bits, group_size, packing, zero_offset, k=None):
+    """Checks a quantized layer's tensors against each other; returns (K, N, group_size, G).
+
+    ``k`` (K, the input features) is needed only where the packing cannot tell it: a format
+    whose last word may be partly filled, per-channel and without g_idx."""
     bits = check_bits(fn, bits)
     packing, zero_offset = check_packing(fn, packing, bits, zero_offset)
+    fmt = FORMATS[packing]
     qweight = check_packed(fn, "qweight", qweight, ndim=2)
     check_not_empty(fn, "qweight", qweight)
-    values, words = values_per_block(bits), words_per_block(bits)
-    axis = FORMATS[packing].weight_axis
-    check_divisible(fn, "qweight", qweight, axis, words, f"{('rows (K', 'columns (N')[axis]} * {bits} / 32)")
-    k, n = logical_shape(tuple(qweight.shape), bits, packing)
+    scales = check_float(fn, "scales", scales, ndim=2)
+    values, words = values_per_block(bits, fmt.weight_order), words_per_block(bits, fmt.weight_order)
+    if fmt.partial:
+        k, n = _layer_k(fn, fmt, qweight, scales, g_idx, bits, group_size, k)
+    else:
+        axis = fmt.weight_axis
+        check_divisible(fn, "qweight", qweight, axis, words, f"{('rows (K', 'columns (N')[axis]} * {bits} / 32)")
+        k, n = logical_shape(tuple(qweight.shape), bits, packing)
     g = check_group_size(fn, group_size, k)
     groups = k // g
-    scales = check_float(fn, "scales", scales, ndim=2)
-    check_shape(fn, "scales", scales, (groups, n), f"[K / group_size, N] for K = {k}, N = {n}, group_size = {g}")
+    want = scales_shape(groups, n, packing)
+    check_shape(fn, "scales", scales, want, f"{'[N, G]' if fmt.transposed else '[G, N]'} for K = {k}, N = {n}, "
+                                            f"group_size = {g}")
     if qzeros is not None:
         qzeros = check_packed(fn, "qzeros", qzeros, ndim=2)
-        if n % values:
-            raise fail(fn, "qzeros", f"needs N divisible by {values} to pack {bits}-bit zeros along N", f"N = {n}")
-        check_shape(fn, "qzeros", qzeros, (groups, n * words // values), f"[G, N * {bits} / 32] for G = {groups}, N = {n}")
+        zero_values = values_per_block(bits, fmt.zeros_order)
+        if n % zero_values and not fmt.partial:
+            raise fail(fn, "qzeros", f"needs N divisible by {zero_values} to pack {bits}-bit zeros along N",
+                       f"N = {n}")
+        check_shape(fn, "qzeros", qzeros, zeros_shape(groups, n, bits, packing),
+                    f"{bits}-bit zero points packed along N for G = {groups}, N = {n}")
     if g_idx is not None:
         g_idx = check_integer(fn, "g_idx", g_idx, ndim=1)
         check_shape(fn, "g_idx", g_idx, (k,), f"[K] for K = {k}")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import incq
@@ -42,8 +42,25 @@ def test_the_check_can_fail():
 def test_every_format_is_complete():
     for fmt in FORMATS.values():
         assert set(fmt.tensors) >= {"qweight", "qzeros", "scales", "g_idx"}
-        assert fmt.weight_axis in (0, 1) and set(fmt.bits) <= {2, 3, 4, 8} and set(fmt.zero_offsets) <= {0, 1}
+        assert fmt.weight_axis in (0, 1) and set(fmt.bits) <= set(range(2, 9)) and set(fmt.zero_offsets) <= {0, 1}
+        assert {fmt.weight_order, fmt.zeros_order} <= {"sequential", "awq", "padded"}
         assert incq.FORMATS[fmt.name] is fmt
+
+
+def stored_words(q, bits, fmt):
+    """The qweight of codes ``q[K, N]`` in ``fmt``, from the format's description and
+    ``incq.pack`` alone: pad the packed axis to whole blocks, pack, keep the words that hold
+    codes (a format whose last word may be partly filled), transpose where the format does."""
+    axis, order = fmt.weight_axis, fmt.weight_order
+    length = q.shape[axis]
+    per = {"padded": 32 // bits}.get(order, 32 // np.gcd(32, bits))
+    widths = [(0, 0), (0, 0)]
+    widths[axis] = (0, -length % per)
+    words = incq.pack(np.pad(q, widths), bits, axis=axis, order=order)
+    if fmt.partial:
+        keep = -(-length // (32 // bits)) if order == "padded" else -(-length * bits // 32)
+        words = np.take(words, np.arange(keep), axis=axis)
+    return np.ascontiguousarray(words.T if fmt.transposed else words)
 
 
 PAIRS = [(a, b) for a in FORMATS for b in FORMATS]
@@ -51,23 +68,25 @@ PAIRS = [(a, b) for a in FORMATS for b in FORMATS]
 
 @pytest.mark.parametrize("src, dst", PAIRS)
 @given(data=st.data())
+@settings(max_examples=15)
 def test_repack_between_any_two_formats_keeps_every_code(lib, src, dst, data):
-    bits = data.draw(st.sampled_from(sorted(set(FORMATS[src].bits) & set(FORMATS[dst].bits))))
-    k, n = 32 * data.draw(st.integers(1, 3)), 32 * data.draw(st.integers(1, 3))
+    a, b = FORMATS[src], FORMATS[dst]
+    bits = data.draw(st.sampled_from(sorted(set(a.bits) & set(b.bits))))
+    odd = a.partial and b.partial
+    k = data.draw(st.sampled_from([32, 64, 96] + ([40, 200] if odd else [])))
+    n = 32 * data.draw(st.integers(1, 3))
     rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
     q = rng.integers(0, 1 << bits, (k, n)).astype(np.uint8)
-    w = np.ones((k, n), np.float16)
-    qweight, scales, qzeros, _ = incq.quantize(w, bits=bits, group_size=32, sym=False, packing=src)
-    packed = incq.pack(q, bits, axis=FORMATS[src].weight_axis, order=FORMATS[src].weight_order)
-    out = lib.repack(packed, bits, src=src, dst=dst)
-    expected = incq.pack(q, bits, axis=FORMATS[dst].weight_axis, order=FORMATS[dst].weight_order)
-    np.testing.assert_array_equal(out, expected, strict=True)
-    z = rng.integers(1, 1 << bits, (k // 32, n)).astype(np.uint8)
-    src_offset = max(FORMATS[src].zero_offsets)
+    out = lib.repack(stored_words(q, bits, a), bits, src=src, dst=dst, k=k if a.partial else None)
+    np.testing.assert_array_equal(out, stored_words(q, bits, b), strict=True)
+    z = rng.integers(1, 1 << bits, (2, n)).astype(np.uint8)
+    src_offset = max(a.zero_offsets)
     stored = incq.pack_zeros(z, bits, packing=src, zero_offset=src_offset)
-    for dst_offset in FORMATS[dst].zero_offsets:
-        moved = lib.repack_zeros(stored, bits, src=src, dst=dst, src_zero_offset=src_offset, dst_zero_offset=dst_offset)
-        np.testing.assert_array_equal(incq.unpack_zeros(moved, bits, packing=dst, zero_offset=dst_offset), z, strict=True)
+    for dst_offset in b.zero_offsets:
+        moved = lib.repack_zeros(stored, bits, src=src, dst=dst, src_zero_offset=src_offset, dst_zero_offset=dst_offset,
+                                 n=n)
+        np.testing.assert_array_equal(incq.unpack_zeros(moved, bits, packing=dst, zero_offset=dst_offset, n=n), z,
+                                      strict=True)
 
 
 def test_repack_refuses_what_the_target_cannot_hold():

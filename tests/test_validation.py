@@ -22,13 +22,19 @@ def test_incqerror_is_a_valueerror():
     assert issubclass(incq.IncqError, ValueError)
 
 
-@pytest.mark.parametrize("bits", [1, 5, 16, 0, -4, 4.0, "4", True, None])
+@pytest.mark.parametrize("bits", [1, 9, 16, 0, -4, 4.0, "4", True, None])
 def test_unsupported_bits(lib, bits):
     with raises("pack", "bits"):
         lib.pack(np.zeros(8, np.uint8), bits)
     with raises("unpack", "bits"):
         lib.unpack(np.zeros(8, np.int32), bits)
     with raises("dequantize", "bits"):
+        lib.dequantize(Q4, S, bits=bits, group_size=32)
+
+
+@pytest.mark.parametrize("bits", [5, 6, 7])
+def test_widths_that_only_compressed_tensors_holds(lib, bits):
+    with raises("dequantize", "bits", str(bits)):
         lib.dequantize(Q4, S, bits=bits, group_size=32)
 
 
