@@ -68,3 +68,22 @@ CANONICAL = GPTQ
 def get(packing: str) -> Format:
     """The format named ``packing`` (validated by the caller)."""
     return FORMATS[packing]
+
+
+def compressed_tensors_packing(words: int, k: int, bits: int) -> str:
+    """Which compressed-tensors layout a row of ``words`` int32 words holding ``k`` codes is in:
+    the dense stream (``ceil(k * bits / 32)`` words, compressed-tensors >= 0.18) or the padded
+    words (``ceil(k / (32 // bits))``, <= 0.17). The word count decides; where both layouts give
+    the same count for this ``k`` (always when ``bits`` divides 32) their words are the same bits
+    only if ``bits`` divides 32, and the dense layout is the answer. Raises ``ValueError`` when
+    the count fits neither."""
+    dense = -(-k * bits // 32)
+    padded = -(-k // (32 // bits))
+    if words == dense and (words != padded or 32 % bits == 0):
+        return COMPRESSED_TENSORS.name
+    if words == padded:
+        return COMPRESSED_TENSORS_PADDED.name
+    if words == dense:
+        return COMPRESSED_TENSORS.name
+    raise ValueError(f"{words} words hold neither the dense ({dense}) nor the padded ({padded}) layout of {k} "
+                     f"{bits}-bit codes")
