@@ -23,7 +23,7 @@ from ._bridge import to_host
 from ._config import EXAMPLE_FORMATS, config_kwargs, example_config, layer_settings
 from ._errors import IncqError
 from . import _formats as formats
-from ._layout import logical_shape, packed_shape, values_per_block, words_per_block
+from ._layout import logical_shape, packed_shape, scales_shape, values_per_block, words_per_block, zeros_shape
 
 CONFIG_FILES = ("config.json", "quantization_config.json", "quantize_config.json")
 INDEX_FILE = "model.safetensors.index.json"
@@ -177,45 +177,57 @@ def read_tensor(ckpt: Checkpoint, name: str):
 
 def expected_shapes(kwargs: dict, k: int, n: int) -> dict[str, tuple[int, ...]]:
     """The shapes of a layer's tensors in its format, for a weight of K x N."""
-    bits, g = kwargs["bits"], kwargs["group_size"]
+    bits, g, packing = kwargs["bits"], kwargs["group_size"], kwargs["packing"]
     groups = 1 if g == -1 else k // g
-    return {"qweight": packed_shape(k, n, bits, kwargs["packing"]), "scales": (groups, n),
-            "qzeros": (groups, n * words_per_block(bits) // values_per_block(bits)), "g_idx": (k,)}
+    return {"qweight": packed_shape(k, n, bits, packing), "scales": scales_shape(groups, n, packing),
+            "qzeros": zeros_shape(groups, n, bits, packing), "g_idx": (k,), "shape": (2,)}
+
+
+#: the tensor-name suffixes that mark a quantized layer, one per format's qweight name
+QWEIGHT_SUFFIXES = tuple(dict.fromkeys("." + f.tensors["qweight"] for f in formats.FORMATS.values()))
 
 
 def find_layers(ckpt: Checkpoint, problems: list | None = None) -> list[Layer]:
-    """Every quantized layer (a ``<prefix>.qweight`` tensor), with its keyword arguments; shapes
-    are checked against the config. A shape that contradicts it raises, or, when ``problems``
-    is a list, is appended to it and the layer left out."""
+    """Every quantized layer (a ``<prefix>.qweight`` tensor, or its format's name for it), with
+    its keyword arguments; shapes are checked against the config. A shape that contradicts it
+    raises, or, when ``problems`` is a list, is appended to it and the layer left out."""
     layers = []
     for name in ckpt.tensors:
-        if not name.endswith(".qweight"):
+        suffix = next((s for s in QWEIGHT_SUFFIXES if name.endswith(s)), None)
+        if suffix is None:
             continue
-        prefix = name[: -len(".qweight")]
+        prefix = name[: -len(suffix)]
         try:
             kwargs = config_kwargs(ckpt.quant_config, layer=prefix)
             settings = layer_settings(ckpt.quant_config, prefix)
         except IncqError as e:
             raise CheckpointError(f"{ckpt.path}: {e}") from None
         if kwargs is None:
-            raise CheckpointError(f"{ckpt.path}: {prefix} holds a qweight, but the config leaves it unquantized")
-        sym = settings["sym"]
-        tensors = {t: f"{prefix}.{t}" for t in LAYER_TENSORS if f"{prefix}.{t}" in ckpt.tensors}
+            raise CheckpointError(f"{ckpt.path}: {prefix} holds a {suffix[1:]}, but the config leaves it unquantized")
+        fmt = formats.get(kwargs["packing"])
+        if suffix != "." + fmt.tensors["qweight"]:
+            raise CheckpointError(f"{ckpt.path}: {name}: the config describes {fmt.title}, whose packed weights are "
+                                  f"named {fmt.tensors['qweight']}")
+        tensors = {role: f"{prefix}.{t}" for role, t in fmt.tensors.items() if f"{prefix}.{t}" in ckpt.tensors}
         if "scales" not in tensors:
-            raise CheckpointError(f"{ckpt.path}: {prefix} has a qweight but no scales")
+            raise CheckpointError(f"{ckpt.path}: {prefix} has a {suffix[1:]} but no {fmt.tensors['scales']}")
         qweight = ckpt.tensors[name]
         if qweight.dtype != "I32" or len(qweight.shape) != 2:
             raise CheckpointError(f"{ckpt.path}: {name} must be a 2-d int32 tensor, got {qweight.dtype} {qweight.shape}")
-        for part, allowed in (("scales", SCALE_DTYPES), ("qzeros", ("I32",)), ("g_idx", INDEX_DTYPES)):
+        for part, allowed in (("scales", SCALE_DTYPES), ("qzeros", ("I32",)), ("g_idx", INDEX_DTYPES),
+                              ("shape", INDEX_DTYPES)):
             if part in tensors and ckpt.tensors[tensors[part]].dtype not in allowed:
                 raise CheckpointError(f"{ckpt.path}: {tensors[part]} is {ckpt.tensors[tensors[part]].dtype}; "
                                       f"{part} must be {' or '.join(allowed)}")
-        k, n = logical_shape(qweight.shape, kwargs["bits"], kwargs["packing"])
+        if fmt.partial:
+            kwargs, k, n = _partial_layer(ckpt, prefix, fmt, kwargs, tensors, qweight)
+        else:
+            k, n = logical_shape(qweight.shape, kwargs["bits"], kwargs["packing"])
         g = kwargs["group_size"]
         if g != -1 and (g < 1 or k % g):
             raise CheckpointError(f"{ckpt.path}: {prefix}: group_size {g} does not divide K = {k}")
         wrong = [f"{tensors[t]} has shape {ckpt.tensors[tensors[t]].shape}, the config ({kwargs['bits']}-bit, "
-                 f"group_size {g}, {kwargs['packing']}) and qweight {qweight.shape} say {shape}"
+                 f"group_size {g}, {kwargs['packing']}) and {suffix[1:]} {qweight.shape} say {shape}"
                  for t, shape in expected_shapes(kwargs, k, n).items()
                  if t in tensors and ckpt.tensors[tensors[t]].shape != shape]
         if wrong and problems is None:
@@ -223,10 +235,27 @@ def find_layers(ckpt: Checkpoint, problems: list | None = None) -> list[Layer]:
         if wrong:
             problems.extend(wrong)
             continue
-        layers.append(Layer(prefix, kwargs, sym, k, n, tensors))
+        layers.append(Layer(prefix, kwargs, settings["sym"], k, n, tensors))
     if not layers and not problems:
-        raise CheckpointError(f"{ckpt.path}: no quantized layers (no tensor ends in .qweight)")
+        raise CheckpointError(f"{ckpt.path}: no quantized layers (no tensor ends in "
+                              f"{' or '.join(QWEIGHT_SUFFIXES)})")
     return layers
+
+
+def _partial_layer(ckpt, prefix, fmt, kwargs, tensors, qweight):
+    """A layer of a format that stores its logical shape (compressed-tensors' ``weight_shape``):
+    K and N from it, and the variant of the format whose word counts the tensors have."""
+    if "shape" not in tensors:
+        raise CheckpointError(f"{ckpt.path}: {prefix} has no {fmt.tensors['shape']}, which {fmt.title} stores")
+    stored = [int(v) for v in np.asarray(to_host(read_tensor(ckpt, tensors["shape"]))).reshape(-1)]
+    if len(stored) != 2 or min(stored) < 1:
+        raise CheckpointError(f"{ckpt.path}: {tensors['shape']} must hold two positive sizes, got {stored}")
+    n, k = stored if fmt.transposed else stored[::-1]
+    for variant in fmt.variants or (fmt.name,):
+        if tuple(qweight.shape) == packed_shape(k, n, kwargs["bits"], variant):
+            return {**kwargs, "packing": variant, "k": k}, k, n
+    raise CheckpointError(f"{ckpt.path}: {prefix}.{fmt.tensors['qweight']} has shape {qweight.shape}, which no "
+                          f"layout of {fmt.title} gives {k} x {n} {kwargs['bits']}-bit weights")
 
 
 def layer_arrays(ckpt: Checkpoint, layer: Layer) -> tuple:
@@ -269,7 +298,7 @@ def anomalies(ckpt: Checkpoint, layer: Layer) -> list[str]:
                 found.append(f"{layer.prefix}: {zeros} zero point(s) of 0 under v1, which readers decode differently")
     if "g_idx" in layer.tensors:
         g_idx = to_host(read_tensor(ckpt, layer.tensors["g_idx"])).astype(np.int64)
-        groups = expected_shapes(kw, layer.k, layer.n)["scales"][0]
+        groups = 1 if kw["group_size"] == -1 else layer.k // kw["group_size"]
         if g_idx.size and (g_idx.min() < 0 or g_idx.max() >= groups):
             found.append(f"{layer.prefix}: g_idx holds groups outside [0, {groups - 1}]")
     return found
@@ -313,7 +342,8 @@ def plan_conversion(ckpt: Checkpoint, layers: list[Layer], to: str, zero_offset:
                                   f"stored in {target.title}, which has no g_idx")
         if zero_offset == 1 and "qzeros" in layer.tensors:
             qzeros = to_host(read_tensor(ckpt, layer.tensors["qzeros"]))
-            z = _api.unpack_zeros(qzeros, kw["bits"], packing=kw["packing"], zero_offset=kw["zero_offset"])
+            z = _api.unpack_zeros(qzeros, kw["bits"], packing=kw["packing"], zero_offset=kw["zero_offset"],
+                                  n=layer.n)
             zeros = int(np.count_nonzero(z == 0))
             if zeros:
                 raise CheckpointError(f"{layer.prefix}: {zeros} zero point(s) of 0 cannot be stored as v1 (z - 1); "

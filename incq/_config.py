@@ -7,7 +7,9 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from ._formats import GPTQ
+from ._formats import COMPRESSED_TENSORS, GPTQ
+
+COMPRESSED_TENSORS_METHOD = "compressed-tensors"
 from ._validate import describe, fail
 
 #: code widths a GPTQ / AWQ / AutoRound config may declare (the GPTQ layout's)
@@ -112,9 +114,11 @@ def _settings(fn: str, quantization_config: Any, layer: Any) -> dict[str, Any] |
         return _gptq(fn, cfg, layer)
     if method == "awq":
         return _awq(fn, cfg, layer)
+    if method == COMPRESSED_TENSORS_METHOD:
+        return _compressed_tensors(fn, cfg, layer)
     raise fail(
         fn, f"{_ROOT}['quant_method']",
-        "must be 'auto-round', 'gptq' or 'awq' (other formats, e.g. compressed-tensors, use other layouts)",
+        "must be 'auto-round', 'gptq', 'awq' or 'compressed-tensors' (other formats, e.g. fp8, use other layouts)",
         repr(cfg.get("quant_method")),
     )
 
@@ -158,9 +162,9 @@ def _flag(fn: str, v: _Value) -> bool:
 
 
 def _result(fn, bits: _Value, group_size: _Value, sym: _Value, act_order: _Value | None, packing: str,
-            zero_offset: int) -> dict[str, Any]:
-    if not _is_int(bits.value) or bits.value not in SUPPORTED_BITS:
-        raise fail(fn, bits.path, f"must be one of {', '.join(map(str, SUPPORTED_BITS))}", describe(bits.value))
+            zero_offset: int, allowed: tuple[int, ...] = SUPPORTED_BITS) -> dict[str, Any]:
+    if not _is_int(bits.value) or bits.value not in allowed:
+        raise fail(fn, bits.path, f"must be one of {', '.join(map(str, allowed))}", describe(bits.value))
     if not _is_int(group_size.value) or (group_size.value < 1 and group_size.value != -1):
         raise fail(fn, group_size.path, "must be a positive integer or -1", describe(group_size.value))
     if packing == "awq" and bits.value != 4:
@@ -311,6 +315,76 @@ def _awq(fn: str, cfg: Mapping[str, Any], layer: str | None) -> dict[str, Any] |
     return _result(fn, bits, group_size, sym, None, "awq", 0)
 
 
+def _ct_matches(target: str, layer: str) -> int:
+    """How specifically a compressed-tensors target or ignore entry names ``layer``: 3 the exact
+    name, 2 a ``re:`` pattern matching it, 1 a module class name (``Linear``; every layer here
+    is a linear layer), 0 not at all."""
+    if target == layer:
+        return 3
+    if target.startswith("re:"):
+        return 2 if _compiled(target[3:]).match(layer) else 0
+    return 1 if "." not in target and target[:1].isupper() else 0
+
+
+def _ct_list(fn: str, value: Any, path: str) -> list[str]:
+    if value is None:
+        return []
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        raise fail(fn, path, "must be a list of module names, class names or 're:' patterns", describe(value))
+    for i, entry in enumerate(value):
+        if entry.startswith("re:"):
+            _regex(fn, f"{path}[{i}]", entry[3:])
+    return list(value)
+
+
+def _compressed_tensors(fn: str, cfg: Mapping[str, Any], layer: str | None) -> dict[str, Any] | None:
+    """compressed-tensors: the config group whose ``targets`` name the layer most specifically
+    (exact name, then ``re:`` pattern, then class name), unless ``ignore`` names it."""
+    groups = cfg.get("config_groups")
+    path = f"{_ROOT}['config_groups']"
+    if not isinstance(groups, Mapping) or not groups:
+        raise fail(fn, path, "must be a non-empty dict of quantization groups", describe(groups))
+    ignore = _ct_list(fn, cfg.get("ignore"), f"{_ROOT}['ignore']")
+    if layer is not None and any(_ct_matches(entry, layer) for entry in ignore):
+        return None
+    best, chosen = 0, None
+    for name, group in groups.items():
+        where = f"{path}[{name!r}]"
+        if not isinstance(group, Mapping):
+            raise fail(fn, where, "must be a dict", describe(group))
+        targets = _ct_list(fn, group.get("targets"), f"{where}['targets']")
+        score = 3 if layer is None else max((_ct_matches(t, layer) for t in targets), default=0)
+        if score > best:
+            best, chosen = score, (where, group)
+        if layer is None:
+            break
+    if chosen is None:
+        return None
+    where, group = chosen
+    packed = group.get("format") or cfg.get("format")
+    if packed != "pack-quantized":
+        raise fail(fn, f"{where}['format']", "must be 'pack-quantized' (the packed integer format incq reads)",
+                   repr(packed))
+    weights = group.get("weights")
+    wpath = f"{where}['weights']"
+    if not isinstance(weights, Mapping):
+        raise fail(fn, wpath, "must be a dict of weight quantization arguments", describe(weights))
+    if weights.get("type", "int") != "int":
+        raise fail(fn, f"{wpath}['type']", "must be 'int' (integer weight-only)", repr(weights.get("type")))
+    strategy = weights.get("strategy", "group")
+    if strategy not in ("group", "channel"):
+        raise fail(fn, f"{wpath}['strategy']", "must be 'group' or 'channel'", repr(strategy))
+    bits = _Value(weights.get("num_bits"), f"{wpath}['num_bits']")
+    group_size = (_Value(weights.get("group_size"), f"{wpath}['group_size']") if strategy == "group"
+                  else _Value(-1, f"{wpath}['strategy']"))
+    sym = _optional(weights, "symmetric", True, wpath)
+    actorder = weights.get("actorder")
+    if actorder not in (None, False, "static", "group", "weight"):
+        raise fail(fn, f"{wpath}['actorder']", "must be null, 'static', 'group' or 'weight'", repr(actorder))
+    act_order = _Value(actorder == "group", f"{wpath}['actorder']")
+    return _result(fn, bits, group_size, sym, act_order, COMPRESSED_TENSORS.name, 0, COMPRESSED_TENSORS.bits)
+
+
 # --------------------------------------------------------------------------- describing and examples
 
 
@@ -320,6 +394,9 @@ def describe_format(quant_config: dict) -> str:
         return f"AutoRound ({quant_config.get('packing_format', 'auto_round:auto_gptq')})"
     if method == "awq":
         return f"AWQ ({quant_config.get('version', 'gemm')})"
+    if method == COMPRESSED_TENSORS_METHOD:
+        version = quant_config.get("version")
+        return f"compressed-tensors ({quant_config.get('format')}{', written by ' + str(version) if version else ''})"
     return f"GPTQ ({quant_config.get('checkpoint_format', 'gptq')})"
 
 

@@ -31,6 +31,9 @@ class Format(NamedTuple):
     zeros_stored: bool  #: whether qzeros are always stored (a symmetric layer stores 2^(b-1))
     transposed: bool = False  #: stored as the transposes: qweight [N, words], scales [N, G], qzeros [words, G]
     partial: bool = False  #: the packed axis may end in a partly filled word (K, N need not fill blocks)
+    #: formats whose files use the same config and tensor names; a reader picks the one whose
+    #: shapes the tensors have (the first where several fit: then they are the same bits)
+    variants: tuple[str, ...] = ()
 
 
 _GPTQ_NAMES = MappingProxyType({"qweight": "qweight", "qzeros": "qzeros", "scales": "scales", "g_idx": "g_idx"})
@@ -51,6 +54,7 @@ COMPRESSED_TENSORS = Format(
     name="compressed-tensors", title="compressed-tensors pack-quantized", bits=(2, 3, 4, 5, 6, 7, 8), weight_axis=0,
     weight_order="sequential", zeros_order="sequential", zero_offsets=(0,), tensors=_CT_NAMES, act_order=True,
     zeros_stored=False, transposed=True, partial=True,
+    variants=("compressed-tensors", "compressed-tensors-padded"),
 )
 #: compressed-tensors ``pack-quantized`` up to 0.17: ``32 // bits`` codes per word, top bits zero
 COMPRESSED_TENSORS_PADDED = COMPRESSED_TENSORS._replace(

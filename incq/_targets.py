@@ -73,7 +73,7 @@ def effectively_symmetric(ckpt, layer) -> bool:
     if "qzeros" not in layer.tensors:
         return True
     kw = layer.kwargs
-    z = _api.unpack_zeros(to_host(read_tensor(ckpt, layer.tensors["qzeros"])), kw["bits"], packing=kw["packing"],
+    z = _api.unpack_zeros(to_host(read_tensor(ckpt, layer.tensors["qzeros"])), kw["bits"], packing=kw["packing"], n=layer.n,
                           zero_offset=kw["zero_offset"])
     return bool((z == (1 << (kw["bits"] - 1))).all())
 

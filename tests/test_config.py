@@ -82,8 +82,8 @@ def test_gptqmodel_dynamic_rules():
 
 
 @pytest.mark.parametrize("cfg,arg,got", [
-    ({"quant_method": "compressed-tensors"}, r"quantization_config\['quant_method'\]", "compressed-tensors"),
     ({"quant_method": "fp8"}, r"quantization_config\['quant_method'\]", "fp8"),
+    ({"quant_method": "compressed-tensors"}, r"quantization_config\['config_groups'\]", "None"),
     ({"quant_method": "auto-round", "packing_format": "auto_round:llm_compressor", "bits": 4, "group_size": 128},
      r"quantization_config\['packing_format'\]", "llm_compressor"),
     ({"quant_method": "auto-round", "data_type": "nv_fp", "bits": 4, "group_size": 16},
