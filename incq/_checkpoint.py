@@ -308,8 +308,9 @@ def anomalies(ckpt: Checkpoint, layer: Layer) -> list[str]:
 
 
 class TensorJob(NamedTuple):
-    """How one output tensor is made: "copy" a source tensor, or convert one ("qweight", "qzeros",
-    "new_qzeros" for a symmetric layer that gains stored zero points)."""
+    """How one output tensor is made: "copy" a source tensor, or make it from one: "qweight",
+    "qzeros", "scales" (transposed), "new_qzeros" (a symmetric layer that gains stored zero
+    points), "shape" (the logical shape a format stores)."""
 
     name: str
     dtype: str
@@ -319,60 +320,96 @@ class TensorJob(NamedTuple):
     bits: int
     src: tuple  # (packing, zero_offset) of the source
     dst: tuple  # (packing, zero_offset) of the target
+    k: int = 0  # the layer's K x N
+    n: int = 0
 
 
-def plan_conversion(ckpt: Checkpoint, layers: list[Layer], to: str, zero_offset: int) -> dict[str, list[TensorJob]]:
-    """Per output file, the tensors to write in format ``to`` with ``zero_offset``. Refuses,
-    naming the layer, what the target cannot hold."""
+def plan_conversion(ckpt: Checkpoint, layers: list[Layer], to: str, zero_offset: int,
+                    symmetric: bool = False) -> dict[str, list[TensorJob]]:
+    """Per output file, the tensors to write in format ``to`` with ``zero_offset``; with
+    ``symmetric`` (every zero point is 2^(b-1), and the target's config says so) a target that
+    implies symmetric zero points stores none. Refuses, naming the layer, what the target cannot
+    hold."""
     target = formats.get(to)
     dst = (to, zero_offset)
-    by_tensor: dict[str, Layer] = {}
+    by_tensor: dict[str, tuple[Layer, str]] = {}
     for layer in layers:
-        kw = layer.kwargs
-        if kw["bits"] not in target.bits:
-            raise CheckpointError(f"{layer.prefix}: {kw['bits']}-bit weights cannot be stored in {target.title}, which "
-                                  f"packs {'/'.join(map(str, target.bits))}-bit codes only")
-        along = "KN"[target.weight_axis]
-        if (layer.k, layer.n)[target.weight_axis] % values_per_block(kw["bits"]):
-            raise CheckpointError(f"{layer.prefix}: {target.title} packs along {along}, which must be a multiple of "
-                                  f"{values_per_block(kw['bits'])} (K x N = {layer.k} x {layer.n})")
-        if not target.act_order and "g_idx" in layer.tensors and not trivial_g_idx(
-                read_tensor(ckpt, layer.tensors["g_idx"]), layer.k, kw["group_size"]):
-            raise CheckpointError(f"{layer.prefix}: act-order (a g_idx that is not k // group_size) cannot be "
-                                  f"stored in {target.title}, which has no g_idx")
-        if zero_offset == 1 and "qzeros" in layer.tensors:
-            qzeros = to_host(read_tensor(ckpt, layer.tensors["qzeros"]))
-            z = _api.unpack_zeros(qzeros, kw["bits"], packing=kw["packing"], zero_offset=kw["zero_offset"],
-                                  n=layer.n)
-            zeros = int(np.count_nonzero(z == 0))
-            if zeros:
-                raise CheckpointError(f"{layer.prefix}: {zeros} zero point(s) of 0 cannot be stored as v1 (z - 1); "
-                                      "convert with --zeros raw")
-        for t in layer.tensors.values():
-            by_tensor[t] = layer
+        _check_target(ckpt, layer, target, zero_offset)
+        for role, t in layer.tensors.items():
+            by_tensor[t] = (layer, role)
     plan: dict[str, list[TensorJob]] = {file: [] for file in ckpt.files}
     for name, info in ckpt.tensors.items():
-        layer = by_tensor.get(name)
-        if layer is None:
+        if name not in by_tensor:
             plan[info.file].append(TensorJob(name, info.dtype, info.shape, "copy", name, 0, (), ()))
             continue
-        kw = layer.kwargs
-        src = (kw["packing"], kw["zero_offset"])
-        part = name[len(layer.prefix) + 1 :]
-        if part == "g_idx" and not target.act_order:
-            continue  # trivial (checked above), and the target has no g_idx
-        if part == "qweight":
-            shape = packed_shape(layer.k, layer.n, kw["bits"], to)
-            plan[info.file].append(TensorJob(name, "I32", shape, "qweight", name, kw["bits"], src, dst))
-        elif part == "qzeros":
-            plan[info.file].append(TensorJob(name, "I32", info.shape, "qzeros", name, kw["bits"], src, dst))
-        else:
-            plan[info.file].append(TensorJob(name, info.dtype, info.shape, "copy", name, 0, (), ()))
-        if part == "qweight" and "qzeros" not in layer.tensors and target.zeros_stored:
-            shape = expected_shapes({**kw, "packing": to}, layer.k, layer.n)["qzeros"]
-            plan[info.file].append(TensorJob(f"{layer.prefix}.qzeros", "I32", shape, "new_qzeros", name,
-                                             kw["bits"], src, dst))
+        layer, role = by_tensor[name]
+        plan[info.file] += _layer_jobs(ckpt, layer, role, name, info, target, dst, symmetric)
     return plan
+
+
+def _check_target(ckpt, layer, target, zero_offset) -> None:
+    kw = layer.kwargs
+    if kw["bits"] not in target.bits:
+        raise CheckpointError(f"{layer.prefix}: {kw['bits']}-bit weights cannot be stored in {target.title}, which "
+                              f"packs {'/'.join(map(str, target.bits))}-bit codes only")
+    per = values_per_block(kw["bits"], target.weight_order)
+    if not target.partial and (layer.k, layer.n)[target.weight_axis] % per:
+        raise CheckpointError(f"{layer.prefix}: {target.title} packs along {'KN'[target.weight_axis]}, which must be "
+                              f"a multiple of {per} (K x N = {layer.k} x {layer.n})")
+    zero_per = values_per_block(kw["bits"], target.zeros_order)
+    if not target.partial and layer.n % zero_per:
+        raise CheckpointError(f"{layer.prefix}: {target.title} packs zero points along N, which must be a multiple "
+                              f"of {zero_per} (N = {layer.n})")
+    if not target.act_order and act_order(ckpt, layer):
+        raise CheckpointError(f"{layer.prefix}: act-order (a g_idx that is not k // group_size) cannot be "
+                              f"stored in {target.title}, which has no g_idx")
+    if zero_offset == 1 and "qzeros" in layer.tensors:
+        qzeros = to_host(read_tensor(ckpt, layer.tensors["qzeros"]))
+        z = _api.unpack_zeros(qzeros, kw["bits"], packing=kw["packing"], zero_offset=kw["zero_offset"], n=layer.n)
+        zeros = int(np.count_nonzero(z == 0))
+        if zeros:
+            raise CheckpointError(f"{layer.prefix}: {zeros} zero point(s) of 0 cannot be stored as v1 (z - 1); "
+                                  "convert with --zeros raw")
+
+
+def act_order(ckpt, layer) -> bool:
+    return "g_idx" in layer.tensors and not trivial_g_idx(read_tensor(ckpt, layer.tensors["g_idx"]), layer.k,
+                                                           layer.kwargs["group_size"])
+
+
+def _layer_jobs(ckpt, layer, role, name, info, target, dst, symmetric) -> list[TensorJob]:
+    """The output tensors made from the tensor ``name`` (role ``role``) of ``layer``."""
+    kw = layer.kwargs
+    src = (kw["packing"], kw["zero_offset"])
+    source = formats.get(kw["packing"])
+    out = f"{layer.prefix}.{target.tensors.get(role, role)}"
+    groups = 1 if kw["group_size"] == -1 else layer.k // kw["group_size"]
+    job = dict(bits=kw["bits"], src=src, dst=dst, k=layer.k, n=layer.n)
+    to = dst[0]
+    if role == "qweight":
+        jobs = [TensorJob(out, "I32", packed_shape(layer.k, layer.n, kw["bits"], to), "qweight", name, **job)]
+        if "qzeros" not in layer.tensors and (target.zeros_when_symmetric or not symmetric):
+            jobs.append(TensorJob(f"{layer.prefix}.{target.tensors['qzeros']}", "I32",
+                                  zeros_shape(groups, layer.n, kw["bits"], to), "new_qzeros", name, **job))
+        if "shape" in target.tensors and "shape" not in layer.tensors:
+            jobs.append(TensorJob(f"{layer.prefix}.{target.tensors['shape']}", "I64", (2,), "shape", name, **job))
+        return jobs
+    if role == "qzeros":
+        if symmetric and not target.zeros_when_symmetric:
+            return []
+        return [TensorJob(out, "I32", zeros_shape(groups, layer.n, kw["bits"], to), "qzeros", name, **job)]
+    if role == "scales":
+        action = "scales" if source.transposed != target.transposed else "copy"
+        return [TensorJob(out, info.dtype, scales_shape(groups, layer.n, to), action, name, **job)]
+    if role == "g_idx":
+        if "g_idx" not in target.tensors or (not target.trivial_g_idx and not act_order(ckpt, layer)):
+            return []  # trivial (non-trivial ones were refused where the target has none)
+        return [TensorJob(out, info.dtype, info.shape, "copy", name, **job)]
+    if role == "shape":
+        if "shape" not in target.tensors:
+            return []
+        return [TensorJob(out, info.dtype, info.shape, "copy", name, **job)]
+    return [TensorJob(out, info.dtype, info.shape, "copy", name, **job)]
 
 
 def run_job(job: TensorJob, data):
@@ -383,18 +420,27 @@ def run_job(job: TensorJob, data):
     if job.action == "qweight":
         if src_packing == dst_packing:
             return data
-        return _api.repack(data, bits, src=src_packing, dst=dst_packing)
+        return _api.repack(data, bits, src=src_packing, dst=dst_packing, k=job.k)
     if job.action == "qzeros":
         if (src_packing, src_offset) == (dst_packing, dst_offset):
             return data
         return _api.repack_zeros(data, bits, src=src_packing, dst=dst_packing, src_zero_offset=src_offset,
-                                 dst_zero_offset=dst_offset)
+                                 dst_zero_offset=dst_offset, n=job.n)
+    if job.action == "scales":
+        return np.ascontiguousarray(data.T) if isinstance(data, np.ndarray) else data.t().contiguous()
+    if job.action == "shape":
+        stored = [job.n, job.k] if formats.get(dst_packing).transposed else [job.k, job.n]
+        return _like(data, np.array(stored, dtype=np.int64))
     # new_qzeros: a symmetric layer's implicit zero point, stored
-    groups, words = job.shape
     mid = 1 << (bits - 1)
-    full = np.full((groups, words * values_per_block(bits) // words_per_block(bits)), mid, dtype=np.uint8)
-    zeros = full if isinstance(data, np.ndarray) else torch_or_none().from_numpy(full)
+    zeros_groups = job.shape[1] if formats.get(dst_packing).transposed else job.shape[0]
+    zeros = _like(data, np.full((zeros_groups, job.n), mid, dtype=np.uint8))
     return _api.pack_zeros(zeros, bits, packing=dst_packing, zero_offset=dst_offset)
+
+
+def _like(data, array: np.ndarray):
+    """``array`` as the kind of array ``data`` is (NumPy, or a torch tensor)."""
+    return array if isinstance(data, np.ndarray) else torch_or_none().from_numpy(array)
 
 
 def tensor_bytes(data) -> memoryview:

@@ -27,7 +27,10 @@ from ._errors import IncqError
 
 def _overrides(layers, base: dict) -> list[str]:
     """The layers whose keyword arguments differ from the checkpoint-wide ones."""
-    return [f"{layer.prefix}: {layer.kwargs}" for layer in layers if layer.kwargs != base]
+    def key(kw):
+        return {name: kw[name] for name in ("bits", "group_size", "zero_offset")}
+
+    return [f"{layer.prefix}: {key(layer.kwargs)}" for layer in layers if key(layer.kwargs) != key(base)]
 
 
 def inspect(path, as_json: bool, follow_symlinks: bool = False) -> int:
@@ -52,7 +55,8 @@ def inspect(path, as_json: bool, follow_symlinks: bool = False) -> int:
         "zero_points": "v1 (stored z - 1)" if base["zero_offset"] else "raw (stored z)",
         "files": list(ckpt.files),
         "tensors": len(ckpt.tensors),
-        "quantized_layers": sum(name.endswith(".qweight") for name in ckpt.tensors),
+        "quantized_layers": sum(name.endswith(ck.QWEIGHT_SUFFIXES) for name in ckpt.tensors),
+        "layouts": sorted({layer.kwargs["packing"] for layer in layers}),
         "layers": [{"name": layer.prefix, "K": layer.k, "N": layer.n, **layer.kwargs} for layer in layers],
         "overrides": _overrides(layers, base),
         "anomalies": found,
@@ -63,7 +67,8 @@ def inspect(path, as_json: bool, follow_symlinks: bool = False) -> int:
         return 0
     print(f"{report['path']}: {report['format']}, from {report['config_file']}")
     print(f"  {report['bits']}-bit, group_size {report['group_size']}, "
-          f"{'symmetric' if report['symmetric'] else 'asymmetric'}, {report['packing']} packing, "
+          f"{'symmetric' if report['symmetric'] else 'asymmetric'}, {' and '.join(report['layouts']) or report['packing']} "
+          "packing, "
           f"zero points {report['zero_points']}")
     print(f"  {report['tensors']} tensors in {len(ckpt.files)} file(s); {report['quantized_layers']} quantized layers")
     shapes: dict[tuple, int] = {}
@@ -141,9 +146,9 @@ def convert(src, dst, to: str | None, zeros: str | None, force: bool = False, wo
         zero_offset = max(formats.get(to).zero_offsets) if zeros != "raw" else 0
         # symmetric data is stated symmetric where zero points may be absent (the form runtimes
         # serve; the same weights)
-        symmetric = not formats.get(to).zeros_stored and all(_targets.effectively_symmetric(ckpt, x) for x in layers)
+        symmetric = formats.get(to).states_symmetry and all(_targets.effectively_symmetric(ckpt, x) for x in layers)
         sym = True if symmetric else None
-    plan = ck.plan_conversion(ckpt, layers, to, zero_offset)
+    plan = ck.plan_conversion(ckpt, layers, to, zero_offset, symmetric=bool(sym))
     new_config = _targets.target_config(ckpt, layers, to, zero_offset, sym)
     fs.remove_stale_partials(dst.parent, lambda line: print(f"incq convert: {line}", file=sys.stderr))
     rewritten = set(plan) | set(ck.CONFIG_FILES) | {ck.INDEX_FILE, fs.MARKER}

@@ -28,7 +28,13 @@ class Format(NamedTuple):
     zero_offsets: tuple[int, ...]  #: zero-point conventions: 0 raw (stored z), 1 v1 (stored z - 1)
     tensors: Mapping[str, str]  #: role -> the tensor name's suffix in a checkpoint
     act_order: bool  #: whether a ``g_idx`` can be stored
-    zeros_stored: bool  #: whether qzeros are always stored (a symmetric layer stores 2^(b-1))
+    #: whether a symmetric layer stores its zero points (2^(b-1)) and loaders expect them
+    zeros_when_symmetric: bool
+    #: whether a config of this format can declare layers symmetric, their zero points then
+    #: implied (AWQ stores and uses every zero point: its configs say zero_point)
+    states_symmetry: bool
+    #: whether a trivial g_idx (``k // group_size``) is written at all
+    trivial_g_idx: bool
     transposed: bool = False  #: stored as the transposes: qweight [N, words], scales [N, G], qzeros [words, G]
     partial: bool = False  #: the packed axis may end in a partly filled word (K, N need not fill blocks)
     #: formats whose files use the same config and tensor names; a reader picks the one whose
@@ -40,11 +46,13 @@ _GPTQ_NAMES = MappingProxyType({"qweight": "qweight", "qzeros": "qzeros", "scale
 
 GPTQ = Format(
     name="gptq", title="GPTQ", bits=(2, 3, 4, 8), weight_axis=0, weight_order="sequential",
-    zeros_order="sequential", zero_offsets=(0, 1), tensors=_GPTQ_NAMES, act_order=True, zeros_stored=False,
+    zeros_order="sequential", zero_offsets=(0, 1), tensors=_GPTQ_NAMES, act_order=True, zeros_when_symmetric=True,
+    states_symmetry=True, trivial_g_idx=True,
 )
 AWQ = Format(
     name="awq", title="AWQ", bits=(4,), weight_axis=1, weight_order="awq", zeros_order="awq",
-    zero_offsets=(0,), tensors=_GPTQ_NAMES, act_order=False, zeros_stored=True,
+    zero_offsets=(0,), tensors=_GPTQ_NAMES, act_order=False, zeros_when_symmetric=True, states_symmetry=False,
+    trivial_g_idx=False,
 )
 
 _CT_NAMES = MappingProxyType({"qweight": "weight_packed", "qzeros": "weight_zero_point", "scales": "weight_scale",
@@ -53,7 +61,7 @@ _CT_NAMES = MappingProxyType({"qweight": "weight_packed", "qzeros": "weight_zero
 COMPRESSED_TENSORS = Format(
     name="compressed-tensors", title="compressed-tensors pack-quantized", bits=(2, 3, 4, 5, 6, 7, 8), weight_axis=0,
     weight_order="sequential", zeros_order="sequential", zero_offsets=(0,), tensors=_CT_NAMES, act_order=True,
-    zeros_stored=False, transposed=True, partial=True,
+    zeros_when_symmetric=False, states_symmetry=True, trivial_g_idx=False, transposed=True, partial=True,
     variants=("compressed-tensors", "compressed-tensors-padded"),
 )
 #: compressed-tensors ``pack-quantized`` up to 0.17: ``32 // bits`` codes per word, top bits zero

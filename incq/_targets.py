@@ -16,8 +16,8 @@ import re
 
 from . import _api
 from ._bridge import to_host
-from ._checkpoint import CheckpointError, read_tensor, trivial_g_idx
-from ._config import AUTOROUND_METHODS, config_kwargs
+from ._checkpoint import CheckpointError, act_order, read_tensor
+from ._config import AUTOROUND_METHODS, COMPRESSED_TENSORS_METHOD, config_kwargs
 
 #: (source family, target family) -> {source key: what happens to it}; every other key is
 #: carried over unchanged. "renamed:<key>" keeps the value under another name.
@@ -47,17 +47,40 @@ KEY_RULES = {
                        "sym": "translated: true when every zero point is 2^(b-1), else kept"},
     ("awq", "awq"): {},
 }
+_CT_READ = {
+    "quant_method": "translated: the target's",
+    "format": "translated: the target's packing ('pack-quantized' is the only one read)",
+    "config_groups": "translated: bits, group_size, sym, desc_act of the most common setting; other layers as "
+                     "'+:' dynamic rules (GPTQ; refused for AWQ)",
+    "ignore": "translated: '-:' dynamic rules (GPTQ) / modules_to_not_convert (AWQ), naming every float module",
+    "version": "dropped: which compressed-tensors release wrote it",
+    "quantization_status": "dropped: always 'compressed' on disk",
+    "global_compression_ratio": "dropped: a statistic",
+    "kv_cache_scheme": "refused unless null: KV-cache quantization has no GPTQ / AWQ form",
+    "sparsity_config": "refused unless empty",
+    "transform_config": "refused unless empty",
+}
+KEY_RULES.update({(COMPRESSED_TENSORS_METHOD, "gptq"): _CT_READ, (COMPRESSED_TENSORS_METHOD, "awq"): _CT_READ})
 
 
 def family(quant_config: dict) -> str:
     method = str(quant_config.get("quant_method", "")).lower()
     if method in AUTOROUND_METHODS:
         return "autoround"
+    if method == COMPRESSED_TENSORS_METHOD:
+        return COMPRESSED_TENSORS_METHOD
     return "awq" if method == "awq" else "gptq"
+
+
+#: the config family that writes each format
+TARGET_FAMILY = {"gptq": "gptq", "awq": "awq", "compressed-tensors": COMPRESSED_TENSORS_METHOD,
+                 "compressed-tensors-padded": COMPRESSED_TENSORS_METHOD}
 
 
 def describe_target(cfg: dict) -> str:
     fam = family(cfg)
+    if fam == COMPRESSED_TENSORS_METHOD:
+        return "compressed-tensors pack-quantized"
     if fam == "autoround":
         return f"AutoRound {cfg.get('packing_format')}"
     if fam == "awq":
@@ -78,11 +101,6 @@ def effectively_symmetric(ckpt, layer) -> bool:
     return bool((z == (1 << (kw["bits"] - 1))).all())
 
 
-def act_order(ckpt, layer) -> bool:
-    return "g_idx" in layer.tensors and not trivial_g_idx(read_tensor(ckpt, layer.tensors["g_idx"]), layer.k,
-                                                           layer.kwargs["group_size"])
-
-
 def modules(ckpt) -> tuple[list[str], list[str]]:
     """(quantized layer names, names of the float modules: a 2-d ``<name>.weight``)."""
     quantized = [n[: -len(".qweight")] for n in ckpt.tensors if n.endswith(".qweight")]
@@ -98,8 +116,12 @@ def target_config(ckpt, layers, to: str, zero_offset: int, sym: bool | None = No
     ``zero_offset``; ``sym=True`` states the layers symmetric (their zero points were checked to
     be 2^(b-1)). Proven against every module of the checkpoint before it is returned."""
     src = ckpt.quant_config
-    fam = family(src)
-    if fam == "autoround":
+    fam, target = family(src), TARGET_FAMILY[to]
+    if target == COMPRESSED_TENSORS_METHOD:
+        cfg = _to_compressed_tensors(ckpt, layers, src, sym)
+    elif fam == COMPRESSED_TENSORS_METHOD:
+        cfg = _from_compressed_tensors(ckpt, layers, src, to, zero_offset, sym)
+    elif fam == "autoround":
         cfg = _autoround(src, to, zero_offset, sym)
     elif fam == to:
         cfg = copy.deepcopy(src)
@@ -113,6 +135,71 @@ def target_config(ckpt, layers, to: str, zero_offset: int, sym: bool | None = No
         cfg = _awq_to_gptq(src, zero_offset, sym)
     prove(ckpt, layers, cfg)
     return cfg
+
+
+def _settings_by_layer(ckpt, layers, sym: bool | None) -> dict[str, tuple]:
+    """Each quantized layer's (bits, group_size, symmetric, act-order) as the target states it."""
+    return {layer.prefix: (layer.kwargs["bits"], layer.kwargs["group_size"], bool(sym), act_order(ckpt, layer))
+            for layer in layers}
+
+
+def _float_modules(ckpt) -> list[str]:
+    """Modules kept in float: every 2-d ``<name>.weight`` (a config naming a non-linear one,
+    such as an embedding, in its skip list changes nothing)."""
+    return modules(ckpt)[1]
+
+
+def _to_compressed_tensors(ckpt, layers, src: dict, sym: bool | None) -> dict:
+    """A compressed-tensors ``pack-quantized`` config: one config group per distinct setting
+    (targeting ``Linear`` when every layer shares it, else naming each layer), every float
+    module in ``ignore``."""
+    settings = _settings_by_layer(ckpt, layers, sym)
+    distinct = sorted(set(settings.values()), key=lambda s: -list(settings.values()).count(s))
+    groups = {}
+    for i, (bits, group_size, symmetric, ordered) in enumerate(distinct):
+        weights = {"num_bits": bits, "type": "int", "symmetric": symmetric,
+                   "strategy": "channel" if group_size == -1 else "group",
+                   "group_size": None if group_size == -1 else group_size,
+                   "actorder": "group" if ordered else None, "dynamic": False}
+        targets = ["Linear"] if len(distinct) == 1 else sorted(p for p, s in settings.items() if s == distinct[i])
+        groups[f"group_{i}"] = {"targets": targets, "weights": weights, "input_activations": None,
+                                "output_activations": None, "format": "pack-quantized"}
+    return {"quant_method": COMPRESSED_TENSORS_METHOD, "format": "pack-quantized", "config_groups": groups,
+            "ignore": _float_modules(ckpt), "quantization_status": "compressed", "kv_cache_scheme": None,
+            "sparsity_config": {}}
+
+
+#: compressed-tensors keys that other formats cannot hold unless empty
+_CT_ONLY = ("kv_cache_scheme", "sparsity_config", "transform_config")
+
+
+def _from_compressed_tensors(ckpt, layers, src: dict, to: str, zero_offset: int, sym: bool | None) -> dict:
+    for key in _CT_ONLY:
+        if src.get(key):
+            raise CheckpointError(f"quantization_config[{key!r}] = {src[key]!r}: a {to.upper()} config has no such "
+                                  "setting")
+    settings = _settings_by_layer(ckpt, layers, sym)
+    counts: dict[tuple, int] = {}
+    for s in settings.values():
+        counts[s] = counts.get(s, 0) + 1
+    base = max(counts, key=counts.get)
+    bits, group_size, symmetric, ordered = base
+    skipped = [name for name in _float_modules(ckpt)]
+    extra = {k: copy.deepcopy(v) for k, v in src.items() if k not in KEY_RULES[(COMPRESSED_TENSORS_METHOD, to)]}
+    if to == "awq":
+        for layer, s in settings.items():
+            if s[:2] != base[:2]:
+                raise CheckpointError(f"{layer}: {s[0]}-bit, group_size {s[1]} differs from the other layers; an AWQ "
+                                      "config has no per-layer settings")
+        return {**extra, "quant_method": "awq", "version": "gemm", "bits": bits, "group_size": group_size,
+                "zero_point": True, "modules_to_not_convert": skipped}
+    dynamic = {f"-:^{re.escape(name)}$": {} for name in skipped}
+    for layer, s in settings.items():
+        if s != base:
+            dynamic[f"+:^{re.escape(layer)}$"] = {"bits": s[0], "group_size": s[1], "sym": s[2], "desc_act": s[3]}
+    return {**extra, "quant_method": "gptq", "bits": bits, "group_size": group_size, "sym": symmetric,
+            "desc_act": ordered, "checkpoint_format": "gptq" if zero_offset else "gptq_v2",
+            **({"dynamic": dynamic} if dynamic else {})}
 
 
 def _autoround(src: dict, to: str, zero_offset: int, sym: bool | None) -> dict:
@@ -235,6 +322,8 @@ def runtime_report(ckpt, layers) -> list[dict]:
         cfg = ckpt.quant_config
         kw = layers[0].kwargs if layers else {}
         as_is = (kw.get("packing"), kw.get("zero_offset")) == (to, zero_offset) and _vllm_config_ok(cfg, to, sym)
+        if family(cfg) == COMPRESSED_TENSORS_METHOD:  # symmetric 4-bit dense: vLLM's WNA16 kernels
+            as_is = bool(sym) and all(x.kwargs["packing"] == "compressed-tensors" for x in layers)
         entry.update(loads=as_is, conversion=None if as_is else f"incq convert SRC DST --for {runtime}", reason=None)
         report.append(entry)
     return report
