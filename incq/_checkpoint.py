@@ -447,7 +447,7 @@ def tensor_bytes(data) -> memoryview:
     if isinstance(data, np.ndarray):
         return memoryview(np.ascontiguousarray(data).view(np.uint8).reshape(-1))
     torch = torch_or_none()
-    return memoryview(data.contiguous().view(torch.uint8).reshape(-1).numpy())
+    return memoryview(data.contiguous().reshape(-1).view(torch.uint8).numpy())
 
 
 def write_safetensors(folder: Path, rel: str, jobs: list[TensorJob], produce, metadata: dict | None,
