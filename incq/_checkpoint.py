@@ -242,6 +242,14 @@ def find_layers(ckpt: Checkpoint, problems: list | None = None) -> list[Layer]:
     return layers
 
 
+def _version(text) -> tuple[int, ...]:
+    """A release number as a tuple ("0.17.1" -> (0, 17, 1)); no version reads as the newest."""
+    try:
+        return tuple(int(part) for part in str(text).split(".")[:3])
+    except ValueError:
+        return (1 << 30,)
+
+
 def _partial_layer(ckpt, prefix, fmt, kwargs, tensors, qweight):
     """A layer of a format that stores its logical shape (compressed-tensors' ``weight_shape``):
     K and N from it, and the variant of the format whose word counts the tensors have."""
@@ -251,9 +259,13 @@ def _partial_layer(ckpt, prefix, fmt, kwargs, tensors, qweight):
     if len(stored) != 2 or min(stored) < 1:
         raise CheckpointError(f"{ckpt.path}: {tensors['shape']} must hold two positive sizes, got {stored}")
     n, k = stored if fmt.transposed else stored[::-1]
-    for variant in fmt.variants or (fmt.name,):
-        if tuple(qweight.shape) == packed_shape(k, n, kwargs["bits"], variant):
-            return {**kwargs, "packing": variant, "k": k}, k, n
+    fits = [v for v in fmt.variants or (fmt.name,) if tuple(qweight.shape) == packed_shape(k, n, kwargs["bits"], v)]
+    if len(fits) > 1 and 32 % kwargs["bits"]:
+        # a few small K give both layouts one word count (3-bit K = 30: 3 words each) but not
+        # the same bits: the writer's version decides (the padded layout ended with 0.17)
+        fits = [fits[-1] if _version(ckpt.quant_config.get("version")) < (0, 18) else fits[0]]
+    if fits:
+        return {**kwargs, "packing": fits[0], "k": k}, k, n
     raise CheckpointError(f"{ckpt.path}: {prefix}.{fmt.tensors['qweight']} has shape {qweight.shape}, which no "
                           f"layout of {fmt.title} gives {k} x {n} {kwargs['bits']}-bit weights")
 

@@ -140,3 +140,21 @@ def test_what_incq_writes_the_library_decompresses_to_the_same_weights(tmp_path,
     ours = incq.dequantize(qweight, scales, qzeros, bits=bits, group_size=group, zero_offset=0)
     assert weight.dtype == torch.float16
     np.testing.assert_array_equal(weight.numpy(), np.ascontiguousarray(ours.T), strict=True)
+
+
+@pytest.mark.parametrize("version, layout", [("0.17.1", "compressed-tensors-padded"), ("0.20.1", "compressed-tensors"),
+                                             (None, "compressed-tensors")])
+def test_a_word_count_both_layouts_share_is_decided_by_the_version(tmp_path, version, layout):
+    rng = np.random.default_rng(0)
+    w = (rng.standard_normal((30, 32)) * 0.05).astype(np.float16)  # 3-bit K = 30: 3 words either way
+    qweight, scales, qzeros, _ = incq.quantize(w, bits=3, group_size=-1, sym=False, packing=layout)
+    config = {"quant_method": "compressed-tensors", "format": "pack-quantized", **({"version": version} if version else {}),
+              "config_groups": {"group_0": {"targets": ["Linear"], "weights": {"num_bits": 3, "symmetric": False,
+                                                                               "strategy": "channel"}}}}
+    src = save_checkpoint(tmp_path / "src", {"x.weight_packed": qweight, "x.weight_scale": scales,
+                                             "x.weight_zero_point": qzeros,
+                                             "x.weight_shape": np.array([32, 30], np.int64)}, config)
+    report = json.loads(ok("inspect", src, "--json"))
+    assert report["layouts"] == [layout]
+    ok("convert", src, tmp_path / "gptq", "--to", "compressed-tensors")
+    assert "identical" in ok("verify", tmp_path / "gptq", "--against", src)
