@@ -6,13 +6,18 @@ one); the main suite never imports them.
 
 import os
 
+import pytest
+
 if os.environ.get("INCQ_INTEROP") != "1":
     collect_ignore_glob = ["*.py"]
 else:
-    def pytest_terminal_summary(terminalreporter):
-        from test_interop import TABLES
+    @pytest.fixture(scope="session")
+    def interop_tables(pytestconfig):
+        """(title, lines) tables the tests print at the end of the run."""
+        return pytestconfig.__dict__.setdefault("_incq_interop_tables", [])
 
-        for title, lines in TABLES:
+    def pytest_terminal_summary(terminalreporter, config):
+        for title, lines in getattr(config, "_incq_interop_tables", []):
             terminalreporter.write_sep("=", title)
             for line in lines:
                 terminalreporter.write_line(line)

@@ -16,7 +16,8 @@ Each runtime is started once, in a subprocess of its own, and serves every check
 ``python test_interop.py vllm|hf JOBS.json RESULTS.jsonl``.
 
 Environment: INCQ_INTEROP_WORK (a folder to keep exports and results in; default a pytest
-temporary folder), INCQ_INTEROP_DTYPE (float16), INCQ_INTEROP_MATRIX=0 to skip the matrix.
+temporary folder), INCQ_INTEROP_DTYPE (float16), INCQ_INTEROP_MATRIX=0 to skip the matrix,
+INCQ_INTEROP_REUSE=1 to re-check the results a finished run left in INCQ_INTEROP_WORK.
 """
 
 from __future__ import annotations
@@ -41,7 +42,13 @@ DTYPE = os.environ.get("INCQ_INTEROP_DTYPE", "float16")
 TOL_SAME = 0.01
 TOL_RUNTIMES = 0.02
 TOL_REFERENCE = 0.05
-TABLES: list[tuple[str, list[str]]] = []  # printed by conftest.py at the end of the run
+
+
+def _table(tables: list, work: Path, title: str, lines: list[str]) -> None:
+    """A table for the end of the run (conftest.py prints them), also kept in WORK."""
+    tables.append((title, lines))
+    with open(work / "interop-tables.md", "a") as f:
+        f.write(f"## {title}\n\n" + "\n".join(lines) + "\n\n")
 
 # --------------------------------------------------------------------------- what is served
 
@@ -81,7 +88,7 @@ EDITS = {
 }
 # (group dir, kind) served as exported, beyond the g32 exports
 GROUPS = {"g16": 16, "g64": 64, "g128": 128, "gm1": -1}
-GROUP_KINDS = ["w4_sym_auto_round", "w4_asym_auto_round"]
+GROUP_KINDS = ["w4_sym_auto_round", "w4_asym_auto_round", "w4_sym_auto_gptq", "w4_asym_auto_awq"]
 OTHER_DTYPE = "bfloat16"  # also served in this dtype: the g32 GROUP_KINDS
 
 
@@ -326,6 +333,12 @@ def interop(tmp_path_factory):
     import make_exports
 
     work = _work(tmp_path_factory)
+    saved = work / "interop-results.json"
+    if os.environ.get("INCQ_INTEROP_REUSE") == "1" and saved.is_file():  # re-check a finished run's results
+        result = json.loads(saved.read_text())
+        for s in result["served"].values():
+            s["path"], s["source"] = Path(s["path"]), Path(s["source"])
+        return {"work": work, **result}
     t0 = time.time()
     timings = {}
     exports = {"g32": make_exports.make_exports(work / "g32", group_size=32)}
@@ -348,17 +361,20 @@ def interop(tmp_path_factory):
     conversions: dict[str, dict] = {}
     conv_dir = work / "converted"
     conv_dir.mkdir(exist_ok=True)
-    for kind, item in exports["g32"].items():
-        if item.get("refused"):
-            continue
-        for target, args in CONVERSIONS.items():
-            if target != "for_vllm" and item["bits"] != 4:
+    for gdir, report in exports.items():
+        for kind, item in report.items():
+            if item.get("refused") or gdir != "g32" and kind not in GROUP_KINDS:
                 continue
-            dst = conv_dir / f"{kind}.{target}"
-            conversions[f"{kind}.{target}"] = result = incq_convert(work / "g32" / kind, dst, args)
-            if result["ok"]:
-                result["target"] = describe(dst)
-                served[f"converted/{kind}.{target}"] = {"path": dst, "dtype": DTYPE, "source": work / "g32" / kind}
+            label = kind if gdir == "g32" else f"{gdir}/{kind}"
+            for target, args in CONVERSIONS.items():
+                # the --to forms of the 4-bit g32 exports; --for vllm of every export
+                if target != "for_vllm" and (item["bits"] != 4 or gdir != "g32"):
+                    continue
+                dst = conv_dir / f"{label.replace('/', '-')}.{target}"
+                conversions[f"{label}.{target}"] = result = incq_convert(work / gdir / kind, dst, args)
+                if result["ok"]:
+                    result["target"] = describe(dst)
+                    served[f"converted/{label}.{target}"] = {"path": dst, "dtype": DTYPE, "source": work / gdir / kind}
     timings["conversions"] = time.time() - t0
 
     edit_dir = work / "edited"
@@ -390,11 +406,10 @@ def interop(tmp_path_factory):
             if res and res.get("forward"):
                 res["ref_tokens_equal"], res["ref_diff"] = vs_reference(ref, res)
     timings["reference"] = time.time() - t0
-    (work / "interop-results.json").write_text(json.dumps(
-        {"exports": exports, "conversions": conversions, "vllm": vllm, "hf": hf, "timings": timings},
-        indent=1, default=str))
-    return {"work": work, "exports": exports, "served": served, "conversions": conversions, "vllm": vllm,
-            "hf": hf, "timings": timings}
+    result = {"exports": exports, "served": served, "conversions": conversions, "vllm": vllm, "hf": hf,
+              "timings": timings}
+    (work / "interop-results.json").write_text(json.dumps(result, indent=1, default=str))
+    return {"work": work, **result}
 
 
 def _state(res: dict | None, detail: bool = False) -> str:
@@ -418,18 +433,21 @@ def _fmt(x: float | None) -> str:
 # --------------------------------------------------------------------------- the tests
 
 
-def test_convert_for_vllm_serves_the_same_model(interop):
+def test_convert_for_vllm_serves_the_same_model(interop, interop_tables):
     """Every AutoRound export: original in vLLM and transformers; `--for vllm` and `--to`
     conversions in vLLM; greedy tokens and logprobs compared."""
     vllm, hf, conversions = interop["vllm"], interop["hf"], interop["conversions"]
     rows, failures = [], []
     header = ("| kind | original in vLLM | original in transformers | conversion | converted target | "
               "converted in vLLM | tokens equal | max abs logprob diff | vs reference | converted in transformers |")
-    for kind, item in sorted(interop["exports"]["g32"].items()):
+    labels = [(kind if gdir == "g32" else f"{gdir}/{kind}", gdir, kind, item)
+              for gdir, report in interop["exports"].items() for kind, item in report.items()
+              if gdir == "g32" or kind in GROUP_KINDS]
+    for kind, gdir, _, item in sorted(labels, key=lambda x: (x[1] != "g32", x[0])):
         if item.get("refused"):
             rows.append(f"| {kind} | (AutoRound refused: {item['refused'][:80]}) | | | | | | | | |")
             continue
-        orig_v, orig_h = vllm.get(f"g32/{kind}"), hf.get(f"g32/{kind}")
+        orig_v, orig_h = vllm.get(f"{gdir}/{kind.split('/')[-1]}"), hf.get(f"{gdir}/{kind.split('/')[-1]}")
         base_name, base = ("vLLM", orig_v) if orig_v and orig_v.get("forward") else \
             ("transformers", orig_h) if orig_h and orig_h.get("forward") else ("reference", None)
         for target in CONVERSIONS:
@@ -462,8 +480,8 @@ def test_convert_for_vllm_serves_the_same_model(interop):
                 elif not equal or diff > tol:
                     failures.append(f"{kind}: --for vllm output differs from the original in {base_name}: "
                                     f"tokens equal {equal}, max |logprob diff| {diff:.4f} > {tol}")
-    TABLES.append(("incq convert --for vllm / --to, served in vLLM CPU (dtype %s)" % DTYPE, [header,
-                   "|" + "---|" * 10, *rows]))
+    _table(interop_tables, interop["work"], f"incq convert --for vllm / --to, served in vLLM CPU (dtype {DTYPE})",
+           [header, "|" + "---|" * 10, *rows])
     assert not failures, "\n".join(failures)
 
 
@@ -543,6 +561,16 @@ EXPECTED = {
         "forward fails: 'NoneType' and 'str'"),
     "gm1/w4_sym_auto_round": ("ok",
         "ok"),
+    "g128/w4_asym_auto_awq": ("ok", "refused: requires gptqmodel"),
+    "g128/w4_sym_auto_gptq": ("ok", "refused: requires optimum"),
+    "g16/w4_asym_auto_awq": ("ok", "refused: requires gptqmodel"),
+    "g16/w4_sym_auto_gptq": ("refused: Marlin does not support group_size = 16", "refused: requires optimum"),
+    "g32/w4_asym_auto_awq@bfloat16": ("ok", "refused: requires gptqmodel"),
+    "g32/w4_sym_auto_gptq@bfloat16": ("ok", "refused: requires optimum"),
+    "g64/w4_asym_auto_awq": ("ok", "refused: requires gptqmodel"),
+    "g64/w4_sym_auto_gptq": ("ok", "refused: requires optimum"),
+    "gm1/w4_asym_auto_awq": ("ok", "refused: requires gptqmodel"),
+    "gm1/w4_sym_auto_gptq": ("ok", "refused: requires optimum"),
 }
 
 
@@ -555,7 +583,7 @@ def _matches(expect: str, res: dict | None) -> bool:
 
 
 @pytest.mark.skipif(os.environ.get("INCQ_INTEROP_MATRIX") == "0", reason="INCQ_INTEROP_MATRIX=0")
-def test_runtime_matrix(interop):
+def test_runtime_matrix(interop, interop_tables):
     """Which configs vLLM's CPU build and transformers + auto-round load and serve correctly."""
     import importlib.util
 
@@ -576,11 +604,10 @@ def test_runtime_matrix(interop):
             if not _matches(expect, res):
                 mismatches.append(f"{i} in {runtime}: expected {expect!r}, got {_state(res, detail=True)!r}")
     (interop["work"] / "interop-matrix.json").write_text(json.dumps(measured, indent=1, sort_keys=True))
-    TABLES.append(("runtime matrix (vLLM CPU 0.32 | transformers + auto-round)",
-                   ["| checkpoint | config | vLLM CPU | transformers + auto-round | what it is |",
-                    "|---|---|---|---|---|", *rows]))
+    _table(interop_tables, interop["work"], "runtime matrix (vLLM CPU 0.32 | transformers + auto-round)",
+           ["| checkpoint | config | vLLM CPU | transformers + auto-round | what it is |", "|---|---|---|---|---|", *rows])
     t = interop["timings"]
-    TABLES.append(("interop timings (s)", [", ".join(f"{k} {v:.0f}" for k, v in t.items())]))
+    _table(interop_tables, interop["work"], "interop timings (s)", [", ".join(f"{k} {v:.0f}" for k, v in t.items())])
     if importlib.util.find_spec("auto_round_kernel") is not None:
         pytest.skip("auto-round-lib (auto_round_kernel) is installed: both runtimes pick other kernels than the "
                     "recorded matrix; table printed, not checked")
