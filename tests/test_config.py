@@ -295,3 +295,47 @@ def test_config_kwargs_and_layer_settings_do_not_mutate_the_config():
     incq.config_kwargs(cfg, layer="a")
     layer_settings(cfg, "a")
     assert cfg == before
+
+
+# --------------------------------------------------------------------------- compressed-tensors
+
+CT = {"quant_method": "compressed-tensors", "format": "pack-quantized", "ignore": ["lm_head", "re:.*gate$"],
+      "config_groups": {
+          "group_0": {"targets": ["Linear"], "weights": {"num_bits": 4, "symmetric": True, "strategy": "group",
+                                                         "group_size": 128, "actorder": "group"}},
+          "group_1": {"targets": ["re:.*down_proj$"], "weights": {"num_bits": 8, "symmetric": False,
+                                                                  "strategy": "channel"}},
+          "group_2": {"targets": ["model.layers.0.mlp.down_proj"], "weights": {"num_bits": 3, "symmetric": False,
+                                                                               "strategy": "group", "group_size": 32}},
+      }}
+
+
+@pytest.mark.parametrize("layer, expected", [
+    ("model.layers.1.self_attn.q_proj", (4, 128, True, True)),  # the class name: every layer
+    ("model.layers.1.mlp.down_proj", (8, -1, False, False)),    # a re: pattern beats the class name
+    ("model.layers.0.mlp.down_proj", (3, 32, False, False)),    # the exact name beats both
+    ("lm_head", None), ("model.layers.3.mlp.gate", None),       # ignored, by name and by pattern
+])
+def test_compressed_tensors_groups_by_the_most_specific_target(layer, expected):
+    settings = layer_settings(CT, layer)
+    got = None if settings is None else (settings["bits"], settings["group_size"], settings["sym"],
+                                         settings["act_order"])
+    assert got == expected
+    if expected is not None:
+        assert incq.config_kwargs(CT, layer)["packing"] == "compressed-tensors"
+
+
+@pytest.mark.parametrize("edit, where", [
+    ({"config_groups": {"g": {"targets": ["Linear"], "format": "float-quantized",
+                              "weights": {"num_bits": 8}}}}, r"\['config_groups'\]\['g'\]\['format'\]"),
+    ({"config_groups": {"g": {"targets": ["Linear"], "weights": {"num_bits": 4, "type": "float"}}}},
+     r"\['weights'\]\['type'\]"),
+    ({"config_groups": {"g": {"targets": ["Linear"], "weights": {"num_bits": 9}}}}, r"\['weights'\]\['num_bits'\]"),
+    ({"config_groups": {"g": {"targets": ["Linear"], "weights": {"num_bits": 4, "strategy": "block"}}}},
+     r"\['weights'\]\['strategy'\]"),
+    ({"ignore": ["re:("]}, r"\['ignore'\]\[0\]"),
+    ({"config_groups": {"g": {"targets": "Linear", "weights": {"num_bits": 4}}}}, r"\['targets'\]"),
+])
+def test_compressed_tensors_refusals_name_the_key(edit, where):
+    with pytest.raises(incq.IncqError, match=where):
+        layer_settings({**CT, **edit}, "model.layers.0.self_attn.q_proj")
