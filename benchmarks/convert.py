@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from incq import _checkpoint as ck
+from incq._tool import checkpoint as ck
 
 SHAPES = {"self_attn.q_proj": (4096, 4096), "self_attn.k_proj": (4096, 4096), "self_attn.v_proj": (4096, 4096),
           "self_attn.o_proj": (4096, 4096), "mlp.gate_proj": (4096, 11008), "mlp.up_proj": (4096, 11008),
@@ -35,14 +35,14 @@ SHAPES = {"self_attn.q_proj": (4096, 4096), "self_attn.k_proj": (4096, 4096), "s
 
 PROBE = """
 import sys, time
-import incq._cli, torch
+import incq._tool.cli, torch
 
 def peak_kb():  # this process's own high-water mark (ru_maxrss would count the parent's at fork)
     return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM"))
 
 base = peak_kb()
 t0 = time.perf_counter()
-rc = incq._cli.main(sys.argv[1:])
+rc = incq._tool.cli.main(sys.argv[1:])
 seconds = time.perf_counter() - t0
 print(f"RESULT {rc} {seconds} {base} {peak_kb()}")
 """

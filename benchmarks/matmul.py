@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 import incq
-from incq import _kernels
+from incq._kernels import torch_kernels as _kernels
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 PATHS = ("int4", "dequantize")

@@ -4,7 +4,7 @@ Stateless functions on plain arrays. The NumPy implementation is the golden refe
 ``specs/`` for the written formats.
 """
 
-from ._api import (
+from ._core.api import (
     awq_to_gptq,
     awq_zeros_to_gptq,
     dequantize,
@@ -22,11 +22,11 @@ from ._api import (
     unpack_zeros,
     w4a16_matmul,
 )
-from ._config import config_kwargs
+from ._tool.config import config_kwargs
 from ._errors import IncqError, IncqWarning
-from ._formats import FORMATS
-from ._layout import AWQ_ORDER, AWQ_REVERSE_ORDER
-from ._layouts import CpuLayout, TorchLayout, XpuLayout
+from ._core.formats import FORMATS
+from ._core.bits import AWQ_ORDER, AWQ_REVERSE_ORDER
+from ._kernels.layouts import CpuLayout, TorchLayout, XpuLayout
 
 __version__ = "0.1.0"
 

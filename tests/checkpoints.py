@@ -18,7 +18,7 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 import incq
-from incq._cli import main
+from incq._tool.cli import main
 
 ROOT = Path(__file__).resolve().parent
 FIXTURES = ROOT / "fixtures" / "autoround"
@@ -26,7 +26,7 @@ FORMATS = ["auto_round:auto_awq", "auto_round:auto_gptq", "auto_round:gptqmodel"
 
 
 def run(*args, limit_file_bytes=None):
-    """The command in this process (``incq._cli.main``), or with ``limit_file_bytes`` in a
+    """The command in this process (``incq._tool.cli.main``), or with ``limit_file_bytes`` in a
     subprocess under that file size limit."""
     if limit_file_bytes is None:
         return run_in_process(*args)

@@ -77,9 +77,9 @@ def _through(backend):
 
     def wrap(fn):
         def call(*args, **kwargs):
-            import incq._torch
+            import incq._core.torch_backend
 
-            traced = patch.object(incq._torch, "_compiling", lambda: True)
+            traced = patch.object(incq._core.torch_backend, "_compiling", lambda: True)
             with traced if backend == "torch-traced" else nullcontext():
                 return back(fn(*map(native, args), **{k: native(v) for k, v in kwargs.items()}))
 

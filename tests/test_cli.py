@@ -1,6 +1,6 @@
 """The incq command on checkpoints the tests build: synthetic ones in every format
 (single-file and sharded) and the real AutoRound exports. Commands run in this process
-(``incq._cli.main``); tests/test_subprocess.py runs the few that need a real process."""
+(``incq._tool.cli.main``); tests/test_subprocess.py runs the few that need a real process."""
 
 import json
 from pathlib import Path
@@ -266,7 +266,7 @@ def test_version():
 def test_a_closed_pipe_ends_quietly(example, monkeypatch):
     import io
 
-    from incq._cli import main
+    from incq._tool.cli import main
 
     src = example("gptq", shards=1)
 

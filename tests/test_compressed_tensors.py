@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import incq
-from incq._formats import compressed_tensors_packing
+from incq._core.formats import compressed_tensors_packing
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "compressed_tensors"
 CASES = [c for c in json.loads((FIXTURES / "manifest.json").read_text()) if "file" in c]
@@ -79,8 +79,8 @@ def test_incq_writes_the_words_the_library_wrote(case):
     data = load(case)
     packing, kwargs = layer(case, data)
     n, k = case["weight_shape"]
-    codes = incq._golden.unpack_weight(data["weight_packed"], case["bits"], packing, k)  # [K, N]
-    again = incq._golden.pack_weight(codes, case["bits"], packing)
+    codes = incq._core.golden.unpack_weight(data["weight_packed"], case["bits"], packing, k)  # [K, N]
+    again = incq._core.golden.pack_weight(codes, case["bits"], packing)
     np.testing.assert_array_equal(again, data["weight_packed"], strict=True)
     if "weight_zero_point" in data:
         z = incq.unpack_zeros(data["weight_zero_point"], case["bits"], packing=packing, n=n)

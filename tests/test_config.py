@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import incq
-from incq._config import layer_settings
+from incq._tool.config import layer_settings
 
 FIXTURES = Path(__file__).parent / "fixtures" / "autoround"
 

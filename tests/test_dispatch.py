@@ -10,8 +10,8 @@ from numpy.testing import assert_array_equal
 import incq
 
 torch = pytest.importorskip("torch")
-import incq._golden  # noqa: E402
-import incq._torch  # noqa: E402
+import incq._core.golden  # noqa: E402
+import incq._core.torch_backend  # noqa: E402
 
 RNG = np.random.default_rng(11)
 AWQ = RNG.integers(-(2**31), 2**31, (16, 4), dtype=np.int64).astype(np.int32)
@@ -32,20 +32,20 @@ def counting(monkeypatch, module, name):
 
 
 def test_numpy_in_numpy_out_on_the_golden(monkeypatch):
-    golden, fast = counting(monkeypatch, incq._golden, "awq_to_gptq"), counting(monkeypatch, incq._torch, "awq_to_gptq")
+    golden, fast = counting(monkeypatch, incq._core.golden, "awq_to_gptq"), counting(monkeypatch, incq._core.torch_backend, "awq_to_gptq")
     out = incq.awq_to_gptq(AWQ)
     assert isinstance(out, np.ndarray) and len(golden) == 1 and not fast
 
 
 def test_torch_in_torch_out_on_the_torch_backend(monkeypatch):
-    golden, fast = counting(monkeypatch, incq._golden, "awq_to_gptq"), counting(monkeypatch, incq._torch, "awq_to_gptq")
+    golden, fast = counting(monkeypatch, incq._core.golden, "awq_to_gptq"), counting(monkeypatch, incq._core.torch_backend, "awq_to_gptq")
     out = incq.awq_to_gptq(torch.from_numpy(AWQ))
     assert isinstance(out, torch.Tensor) and out.device.type == "cpu" and len(fast) == 1 and not golden
     assert_array_equal(out.numpy(), incq.awq_to_gptq(AWQ), strict=True)
 
 
 def test_keyword_forces_the_golden_on_tensors(monkeypatch):
-    golden, fast = counting(monkeypatch, incq._golden, "awq_to_gptq"), counting(monkeypatch, incq._torch, "awq_to_gptq")
+    golden, fast = counting(monkeypatch, incq._core.golden, "awq_to_gptq"), counting(monkeypatch, incq._core.torch_backend, "awq_to_gptq")
     out = incq.awq_to_gptq(torch.from_numpy(AWQ), backend="numpy")
     assert isinstance(out, torch.Tensor) and len(golden) == 1 and not fast
     assert all(isinstance(a, np.ndarray) for a in golden[0] if hasattr(a, "shape"))
@@ -53,14 +53,14 @@ def test_keyword_forces_the_golden_on_tensors(monkeypatch):
 
 
 def test_keyword_forces_torch_on_arrays(monkeypatch):
-    golden, fast = counting(monkeypatch, incq._golden, "awq_to_gptq"), counting(monkeypatch, incq._torch, "awq_to_gptq")
+    golden, fast = counting(monkeypatch, incq._core.golden, "awq_to_gptq"), counting(monkeypatch, incq._core.torch_backend, "awq_to_gptq")
     out = incq.awq_to_gptq(AWQ, backend="torch")
     assert isinstance(out, np.ndarray) and len(fast) == 1 and not golden
     assert_array_equal(out, incq.awq_to_gptq(AWQ, backend="numpy"), strict=True)
 
 
 def test_environment_forces_a_backend_and_the_keyword_wins(monkeypatch):
-    golden, fast = counting(monkeypatch, incq._golden, "gptq_to_awq"), counting(monkeypatch, incq._torch, "gptq_to_awq")
+    golden, fast = counting(monkeypatch, incq._core.golden, "gptq_to_awq"), counting(monkeypatch, incq._core.torch_backend, "gptq_to_awq")
     gptq = incq.awq_to_gptq(AWQ)
     monkeypatch.setenv("INCQ_BACKEND", "torch")
     assert isinstance(incq.gptq_to_awq(gptq), np.ndarray) and len(fast) == 1 and not golden
@@ -79,8 +79,8 @@ def test_unknown_backend_is_refused_by_name(monkeypatch):
 
 
 def test_unavailable_torch_backend_is_refused(monkeypatch):
-    monkeypatch.setitem(sys.modules, "incq._torch", None)  # what a missing torch looks like
-    monkeypatch.delattr(incq, "_torch")
+    monkeypatch.setitem(sys.modules, "incq._core.torch_backend", None)  # what a missing torch looks like
+    monkeypatch.delattr(incq._core, "torch_backend")
     with pytest.raises(incq.IncqError, match=r"^awq_to_gptq: backend names the torch backend, but torch is not installed"):
         incq.awq_to_gptq(AWQ, backend="torch")
 
@@ -131,21 +131,21 @@ def test_round_to_bfloat16_is_nearest_even_exhaustively_on_the_grid():
     # Every float32 halfway and near-halfway point between consecutive bfloat16 values around 1.
     base = np.arange(0x3F800000, 0x3F800000 + (1 << 20), 1 << 10, dtype=np.uint32)
     values = base.view(np.float32).astype(np.float64)
-    got = incq._golden.round_scales(values, "bfloat16")
+    got = incq._core.golden.round_scales(values, "bfloat16")
     expected = torch.from_numpy(values).to(torch.bfloat16).float().numpy()
     assert_array_equal(got, expected, strict=True)
 
 
 def test_a_second_implementation_for_one_array_type_is_chosen_by_the_tables(monkeypatch):
-    import incq._dispatch as d
-    import incq._torch
+    import incq._core.dispatch as d
+    import incq._core.torch_backend
 
     calls = []
 
     class Spy:
         def __getattr__(self, name):
             calls.append(name)
-            return getattr(incq._torch, name)
+            return getattr(incq._core.torch_backend, name)
 
     spy = Spy()
     monkeypatch.setitem(d.BACKENDS, "spy", d.Backend("torch", lambda fn, source, name: spy,

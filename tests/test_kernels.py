@@ -17,7 +17,7 @@ import kernel_emulators as emu
 from conftest import assert_matmul_close
 
 torch = pytest.importorskip("torch")
-from incq import _kernels  # noqa: E402
+from incq._kernels import torch_kernels as _kernels  # noqa: E402
 
 K, N, GROUP = 256, 64, 32
 VARIANTS = [  # packing, zero_offset, symmetric, act-order
@@ -374,7 +374,7 @@ def test_matmul_with_a_layout_refuses_bad_calls():
     (["--group-size", "48"], "--group-size", "48"),  # does not divide K = 2048
 ])
 def test_self_check_refuses_bad_sizes_with_one_message(capsys, argv, option, value):
-    from incq import _selfcheck
+    from incq._tool import selfcheck as _selfcheck
 
     with pytest.raises(SystemExit) as e:
         _selfcheck.main(argv)
@@ -387,7 +387,7 @@ def test_self_check_refuses_bad_sizes_with_one_message(capsys, argv, option, val
 @pytest.mark.parametrize("argv", [["--k", "64", "--n", "32", "--group-size", "-1"],
                                   ["--k", "96", "--n", "32", "--group-size", "48"]])
 def test_self_check_runs_on_small_and_per_channel_layers(capsys, argv):
-    from incq import _selfcheck
+    from incq._tool import selfcheck as _selfcheck
 
     assert _selfcheck.main(argv) == 0
     assert capsys.readouterr().out.rstrip().endswith("self-check passed")

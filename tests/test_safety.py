@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-import incq._cli
-import incq._fs as fs
+import incq._tool.cli
+import incq._tool.fs as fs
 from checkpoints import fails, fingerprint, no_leftovers, ok, run
 
 # --------------------------------------------------------------------------- an audit of opens
@@ -170,13 +170,13 @@ def test_deeply_nested_json_gets_one_line(example):
 
 def _during_conversion(monkeypatch, action):
     """Run ``action()`` while the conversion writes its tensors."""
-    original = incq._cli._convert_all
+    original = incq._tool.cli._convert_all
 
     def hooked(*args, **kwargs):
         original(*args, **kwargs)
         action()
 
-    monkeypatch.setattr(incq._cli, "_convert_all", hooked)
+    monkeypatch.setattr(incq._tool.cli, "_convert_all", hooked)
 
 
 @pytest.mark.parametrize("content", [True, False])
@@ -199,7 +199,7 @@ def test_of_two_converts_to_one_destination_one_wins(example, tmp_path, monkeypa
     src = example("awq", shards=1)
     dst = tmp_path / "dst"
     inner = []
-    original = incq._cli._convert_all
+    original = incq._tool.cli._convert_all
 
     def second_run_finishes_first(*args, **kwargs):
         original(*args, **kwargs)
@@ -207,7 +207,7 @@ def test_of_two_converts_to_one_destination_one_wins(example, tmp_path, monkeypa
             inner.append(None)
             inner[0] = run("convert", src, dst, "--to", "gptq", "--zeros", "raw")
 
-    monkeypatch.setattr(incq._cli, "_convert_all", second_run_finishes_first)
+    monkeypatch.setattr(incq._tool.cli, "_convert_all", second_run_finishes_first)
     fails("convert", src, dst, "--to", "gptq", match="appeared while converting")
     assert inner[0].returncode == 0
     config = json.loads((dst / "config.json").read_text())["quantization_config"]
@@ -322,7 +322,7 @@ def test_ctrl_c_with_workers_prints_one_line(example, tmp_path, monkeypatch, cap
 _DIE_IN_PARTIAL = textwrap.dedent("""
     import os, sys
     from pathlib import Path
-    import incq._fs as fs
+    import incq._tool.fs as fs
     with fs.partial_directory(Path(sys.argv[1])) as tmp:
         (tmp / "model.safetensors").write_bytes(b"x" * 100000)
         {action}

@@ -8,7 +8,7 @@ import pytest
 
 import incq
 from checkpoints import fails, ok, quantized_layer, run, save_checkpoint
-from incq._targets import KEY_RULES
+from incq._tool.targets import KEY_RULES
 
 Q, F = "model.layers.0.self_attn.q_proj", "model.layers.0.mlp.down_proj"
 

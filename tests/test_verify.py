@@ -10,8 +10,8 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 import incq
-import incq._checkpoint
-import incq._torch
+import incq._tool.checkpoint
+import incq._core.torch_backend
 from checkpoints import gptq_config, ok, quantized_layer, run, save_checkpoint
 
 
@@ -98,8 +98,8 @@ def test_declared_symmetric_with_other_zero_points_is_a_mismatch(tmp_path):
 def test_golden_against_torch_says_so_and_runs_torch(example, monkeypatch):
     src = example("auto_round:auto_awq", shards=1)
     calls = []
-    original = incq._torch.dequantize
-    monkeypatch.setattr(incq._torch, "dequantize", lambda *a, **k: calls.append(1) or original(*a, **k))
+    original = incq._core.torch_backend.dequantize
+    monkeypatch.setattr(incq._core.torch_backend, "dequantize", lambda *a, **k: calls.append(1) or original(*a, **k))
     monkeypatch.setenv("INCQ_BACKEND", "numpy")  # must not turn the check into golden vs golden
     out = ok("verify", src)
     assert "dequantized by the golden (NumPy) and by the torch backend" in out and len(calls) == 6
@@ -108,15 +108,15 @@ def test_golden_against_torch_says_so_and_runs_torch(example, monkeypatch):
 
 def test_a_wrong_fast_path_is_caught(example, monkeypatch):
     src = example("gptq", shards=1)
-    original = incq._torch.dequantize
-    monkeypatch.setattr(incq._torch, "dequantize", lambda *a, **k: original(*a, **k) * 1.001)
+    original = incq._core.torch_backend.dequantize
+    monkeypatch.setattr(incq._core.torch_backend, "dequantize", lambda *a, **k: original(*a, **k) * 1.001)
     out = run("verify", src)
     assert out.returncode == 1 and out.stdout.count("MISMATCH") == 6
 
 
 def test_without_torch_verify_refuses_to_compare_a_backend_with_itself(example, monkeypatch):
     src = example("gptq", shards=1)
-    monkeypatch.setattr(incq._checkpoint, "torch_or_none", lambda: None)
+    monkeypatch.setattr(incq._tool.checkpoint, "torch_or_none", lambda: None)
     out = run("verify", src)
     assert out.returncode == 1 and "nothing to compare" in out.stderr and "--against" in out.stderr
 

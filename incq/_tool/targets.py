@@ -14,10 +14,10 @@ from __future__ import annotations
 import copy
 import re
 
-from . import _api
-from ._bridge import to_host
-from ._checkpoint import CheckpointError, act_order, read_tensor
-from ._config import AUTOROUND_METHODS, COMPRESSED_TENSORS_METHOD, config_kwargs
+from incq._core import api as _api
+from incq._core.bridge import to_host
+from incq._tool.checkpoint import CheckpointError, act_order, read_tensor
+from incq._tool.config import AUTOROUND_METHODS, COMPRESSED_TENSORS_METHOD, config_kwargs
 
 #: (source family, target family) -> {source key: what happens to it}; every other key is
 #: carried over unchanged. "renamed:<key>" keeps the value under another name.

@@ -11,8 +11,8 @@ import time
 
 import numpy as np
 
-from . import _api
-from ._checkpoint import torch_or_none
+from incq._core import api as _api
+from incq._tool.checkpoint import torch_or_none
 
 
 def _median_ms(fn, reps: int) -> float:
@@ -65,7 +65,7 @@ def main(quick: bool = False) -> int:
     qweight, qscales, qzeros, _ = _api.quantize(w, group_size=128, sym=False)
     layout = _api.make_cpu_layout(qweight, qscales, qzeros, group_size=128)
     dense = w.t().contiguous()
-    from ._kernels import cpu_path
+    from incq._kernels.torch_kernels import cpu_path
 
     print(f"\nw4a16_matmul, bfloat16 x, CPU layout, K x N = {k} x {n}")
     head = f"{'M':>6}{'path':>12}{'incq ms':>10}{'dense ms':>10}{'dense / incq':>14}"

@@ -1,7 +1,7 @@
 """Choosing the backend that runs a validated call.
 
 The backend follows the inputs' array type: NumPy arrays run the golden implementation
-(``incq._golden``), torch tensors run the torch backend (``incq._torch``) on the device they
+(``incq._core.golden``), torch tensors run the torch backend (``incq._core.torch_backend``) on the device they
 live on. Deciding never imports a framework: a torch tensor can only exist once the caller has
 imported torch, so the check looks at ``sys.modules`` (as einops does).
 
@@ -23,17 +23,17 @@ from __future__ import annotations
 import os
 from typing import Any, NamedTuple
 
-from ._validate import describe, fail, is_torch
+from incq._core.validate import describe, fail, is_torch
 
 def _golden():
-    from . import _golden
+    from incq._core import golden as _golden
 
     return _golden
 
 
 def _torch(fn: str, source: str, name: str):
     try:
-        from . import _torch
+        from incq._core import torch_backend as _torch
     except ImportError:
         raise fail(fn, source, "names the torch backend, but torch is not installed", repr(name)) from None
     return _torch
@@ -56,7 +56,7 @@ PREFERENCE = {"numpy": ("numpy",), "torch": ("torch",)}
 
 
 def _bridge():
-    from . import _bridge
+    from incq._core import bridge as _bridge
 
     return _bridge
 

@@ -17,7 +17,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from . import _golden
+from incq._core import golden as _golden
 
 #: the functions every backend module provides
 FUNCTIONS = (
@@ -64,7 +64,7 @@ def _golden_call(name: str):
 
 def _torch_call(name: str):
     def call(*args):
-        from . import _torch
+        from incq._core import torch_backend as _torch
 
         torch = sys.modules["torch"]
 

@@ -15,7 +15,7 @@ import time
 import numpy as np
 
 import incq
-from incq._formats import FORMATS
+from incq._core.formats import FORMATS
 
 
 def _timed(fn, *args, **kwargs):

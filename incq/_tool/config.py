@@ -7,10 +7,10 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from ._formats import COMPRESSED_TENSORS, GPTQ
+from incq._core.formats import COMPRESSED_TENSORS, GPTQ
 
 COMPRESSED_TENSORS_METHOD = "compressed-tensors"
-from ._validate import describe, fail
+from incq._core.validate import describe, fail
 
 #: code widths a GPTQ / AWQ / AutoRound config may declare (the GPTQ layout's)
 SUPPORTED_BITS = GPTQ.bits

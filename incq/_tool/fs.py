@@ -31,7 +31,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from ._errors import IncqError
+from incq._errors import IncqError
 
 MARKER = ".incq-output.json"
 LOCK = ".incq-lock"
@@ -181,7 +181,7 @@ def carry_over(root: Path, folder: Path, entries) -> None:
 
 def write_marker(folder: Path, source: Path, command: str) -> None:
     """``.incq-output.json``: what makes a folder incq's own output (``--force`` checks it)."""
-    from . import __version__
+    from incq import __version__
 
     files = {}
     for path in sorted(folder.rglob("*")):

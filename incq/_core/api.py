@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import warnings
 
-from . import _dispatch, _layouts
-from . import _validate as v
-from ._errors import IncqWarning
-from ._formats import FORMATS
-from ._layout import values_per_block, words_for, words_per_block
-from ._layouts import make_cpu_layout, make_xpu_layout
+from incq._core import dispatch as _dispatch
+from incq._kernels import layouts as _layouts
+from incq._core import validate as v
+from incq._errors import IncqWarning
+from incq._core.formats import FORMATS
+from incq._core.bits import values_per_block, words_for, words_per_block
+from incq._kernels.layouts import make_cpu_layout, make_xpu_layout
 
 
 def pack(values, bits, *, axis=0, order="sequential", backend=None):

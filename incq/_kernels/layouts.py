@@ -2,81 +2,21 @@
 
 A layout is a NamedTuple of tensors plus the few numbers the kernel needs; it owns its tensors
 (none shares memory with the caller's), and nothing here imports torch (the builders load
-``incq._kernels`` when called). ``specs/kernels.md`` specifies each field and the kernels'
+``incq._kernels.torch_kernels`` when called). ``specs/kernels.md`` specifies each field and the kernels'
 contracts.
 """
 
 from __future__ import annotations
 
 import warnings
-from typing import Any, NamedTuple, Optional
 
-from . import _validate as v
-from ._errors import IncqWarning
-from ._formats import CANONICAL
-from ._layout import logical_shape
-
-
-class XpuLayout(NamedTuple):
-    """Operands of vllm-xpu-kernels' ``torch.ops._xpu_C.int4_gemm_w4a16`` and of upstream
-    PyTorch's ``aten._weight_int4pack_mm_with_scales_and_zeros`` (XPU).
-
-    ``qweight``, ``scales``, ``qzeros`` and ``g_idx`` are exactly the vLLM op's ``B``,
-    ``B_scale``, ``B_zp`` and ``g_idx``; ``qweight.t()`` (``[N, K/8]``, contiguous),
-    ``scales`` and ``zeros_int8`` are the aten op's ``mat2``, ``qScale`` and ``qZeros``.
-    """
-
-    #: B: int32, logical ``[K/8, N]``, GPTQ sequential nibbles, "NT": ``stride(-2) == 1``
-    qweight: Any
-    #: B_scale: ``[G, N]``, contiguous, the checkpoint's scale dtype
-    scales: Any
-    #: B_zp: int8 ``[1]`` holding 8 (symmetric), or int32 ``[G, N/8]``: raw zero points packed
-    #: sequentially along N (asymmetric)
-    qzeros: Any
-    #: g_idx: int64 permutation of ``range(K)`` (rows sorted by group; the op gathers
-    #: ``A[..., g_idx]``), or None without act-order
-    g_idx: Optional[Any]
-    #: qZeros of the aten op: int8 ``[G, N]`` raw zero points
-    zeros_int8: Any
-    group_size: int
+from incq._core import validate as v
+from incq._errors import IncqWarning
+from incq._core.formats import CANONICAL
+from incq._core.bits import logical_shape
+from incq._kernels.types import LAYOUTS, CpuLayout, TorchLayout, XpuLayout  # noqa: F401  (re-exported)
 
 
-class CpuLayout(NamedTuple):
-    """Operands of PyTorch's CPU int4 kernel ``aten._weight_int4pack_mm_for_cpu``, and the
-    GPTQ words the dequantizing paths read (``w4a16_matmul`` picks the path by M and dtype).
-    """
-
-    #: uint8 ``[N, K/2]`` from ``aten._convert_weight_to_int4pack_for_cpu`` (layout ISA-dependent)
-    weight: Any
-    #: bfloat16 ``[G, N, 2]``: ``(s, (8 - z) * s)``, the kernel computing ``(q - 8) * s + zero``
-    scales_and_zeros: Any
-    #: GPTQ int32 ``[K/8, N]``, raw, rows in the kernel's order (sorted by group)
-    qweight: Any
-    #: ``[G, N]``, the checkpoint's scale dtype
-    scales: Any
-    #: raw GPTQ zero words ``[G, N/8]``, or None (symmetric: z = 8)
-    qzeros: Optional[Any]
-    #: int64 permutation gathering x's columns (act-order), or None
-    perm: Optional[Any]
-    group_size: int
-
-
-class TorchLayout(NamedTuple):
-    """A layer that does not fit a kernel's constraints, kept for the generic torch path
-    (dequantize, then one GEMM); ``reason`` says which constraint failed."""
-
-    qweight: Any
-    scales: Any
-    qzeros: Optional[Any]
-    g_idx: Optional[Any]
-    bits: int
-    group_size: int
-    packing: str
-    zero_offset: int
-    reason: str
-
-
-LAYOUTS = (XpuLayout, CpuLayout, TorchLayout)
 
 
 def _targets(kernels) -> dict:
@@ -85,7 +25,7 @@ def _targets(kernels) -> dict:
 
 
 def _build(fn, target, qweight, scales, qzeros, g_idx, bits, group_size, packing, zero_offset):
-    """Validate, then the target's layout builder in ``incq._kernels``, or a TorchLayout with the reason."""
+    """Validate, then the target's layout builder in ``incq._kernels.torch_kernels``, or a TorchLayout with the reason."""
     kernels, shape = _prepare(fn, qweight, scales, qzeros, g_idx, bits, group_size, packing, zero_offset)
     args = (qweight, scales, qzeros, g_idx, bits, shape[2], packing, zero_offset)
     misfit, build = _targets(kernels)[target]
@@ -117,7 +57,8 @@ def _prepare(fn, qweight, scales, qzeros, g_idx, bits, group_size, packing, zero
     for name, a in (("qweight", qweight), ("scales", scales), ("qzeros", qzeros), ("g_idx", g_idx)):
         if a is not None and not v.is_torch(a):
             raise v.fail(fn, name, "must be a torch tensor (layouts feed torch kernels)", v.describe(a))
-    from . import _dispatch, _kernels
+    from incq._core import dispatch as _dispatch
+    from incq._kernels import torch_kernels as _kernels
 
     _dispatch.native(fn, dict(qweight=qweight, scales=scales, qzeros=qzeros, g_idx=g_idx))  # one device
     return _kernels, (k, n, g, groups)
@@ -180,7 +121,7 @@ def layout_shape(layout) -> tuple[int, int]:
 
 
 def matmul_with_layout(fn, x, layout, bias):
-    """``layout_matmul(x, layout, bias)``: validate, then let ``incq._kernels`` pick the kernel."""
+    """``layout_matmul(x, layout, bias)``: validate, then let ``incq._kernels.torch_kernels`` pick the kernel."""
     k, n = layout_shape(layout)
     x = v.check_float(fn, "x", x)
     if not v.is_torch(x):
@@ -190,7 +131,8 @@ def matmul_with_layout(fn, x, layout, bias):
     if bias is not None:
         bias = v.check_float(fn, "bias", bias, ndim=1)
         v.check_shape(fn, "bias", bias, (n,), f"[N] for N = {n}")
-    from . import _dispatch, _kernels
+    from incq._core import dispatch as _dispatch
+    from incq._kernels import torch_kernels as _kernels
 
     _dispatch.native(fn, dict(x=x, layout=layout[0], bias=bias))  # all torch, one device
     return _kernels.matmul(x, layout, bias)

@@ -1,16 +1,16 @@
 """Building kernel layouts and running ``w4a16_matmul`` on them (torch only).
 
 ``specs/kernels.md`` gives the kernel contracts and the measurements behind the CPU thresholds.
-Input has been validated by ``incq._layouts``.
+Input has been validated by ``incq._kernels.layouts``; the layout types are ``incq._kernels.types``.
 """
 
 from __future__ import annotations
 
 import torch
 
-from . import _torch as T
-from ._formats import CANONICAL
-from ._layouts import CpuLayout, TorchLayout, XpuLayout
+from incq._core import torch_backend as T
+from incq._core.formats import CANONICAL
+from incq._kernels.types import CpuLayout, TorchLayout, XpuLayout
 
 #: group sizes PyTorch's CPU int4 kernel accepts
 CPU_GROUP_SIZES = (32, 64, 128, 256)

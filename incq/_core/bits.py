@@ -55,8 +55,8 @@ def _packed_length(length: int, bits: int, order: str, partial: bool) -> int:
 
 
 def packed_shape(k: int, n: int, bits: int, packing: str) -> tuple[int, int]:
-    """The qweight shape of a K x N weight in ``packing`` (``incq._formats``)."""
-    from ._formats import get
+    """The qweight shape of a K x N weight in ``packing`` (``incq._core.formats``)."""
+    from incq._core.formats import get
 
     fmt = get(packing)
     shape = [k, n]
@@ -66,7 +66,7 @@ def packed_shape(k: int, n: int, bits: int, packing: str) -> tuple[int, int]:
 
 def zeros_shape(groups: int, n: int, bits: int, packing: str) -> tuple[int, int]:
     """The qzeros shape of zero points ``[G, N]`` in ``packing`` (packed along N)."""
-    from ._formats import get
+    from incq._core.formats import get
 
     fmt = get(packing)
     words = _packed_length(n, bits, fmt.zeros_order, fmt.partial)
@@ -74,7 +74,7 @@ def zeros_shape(groups: int, n: int, bits: int, packing: str) -> tuple[int, int]
 
 
 def scales_shape(groups: int, n: int, packing: str) -> tuple[int, int]:
-    from ._formats import get
+    from incq._core.formats import get
 
     return (n, groups) if get(packing).transposed else (groups, n)
 
@@ -83,7 +83,7 @@ def logical_shape(qweight_shape: tuple[int, ...], bits: int, packing: str) -> tu
     """(K, N) of the weight a 2-d qweight packs: its packed axis holds ``values_per_block /
     words_per_block`` codes per word, e.g. GPTQ ``[K * bits / 32, N]``, AWQ ``[K, N / 8]``. For a
     format whose last word may be partly filled, the packed axis's capacity (an upper bound)."""
-    from ._formats import get
+    from incq._core.formats import get
 
     fmt = get(packing)
     shape = list(qweight_shape)[::-1] if fmt.transposed else list(qweight_shape)

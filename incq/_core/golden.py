@@ -1,6 +1,6 @@
 """The NumPy golden implementation: the oracle every other backend is tested against.
 
-Every function here receives input that ``incq._validate`` has already checked; nothing here
+Every function here receives input that ``incq._core.validate`` has already checked; nothing here
 validates or raises for bad input. Plain NumPy (and einops where a rearrangement reads better),
 no torch. The layouts are specified in ``specs/``; the comments below only point at them.
 """
@@ -10,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 from einops import rearrange
 
-from . import _formats as formats
-from ._layout import AWQ_ORDER, AWQ_REVERSE_ORDER, v1_offset_block, values_per_block, words_for, words_per_block
+from incq._core import formats as formats
+from incq._core.bits import AWQ_ORDER, AWQ_REVERSE_ORDER, v1_offset_block, values_per_block, words_for, words_per_block
 
 _MASK32 = np.uint64(0xFFFFFFFF)
 

@@ -18,12 +18,13 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from . import _api, _fs
-from ._bridge import to_host
-from ._config import EXAMPLE_FORMATS, config_kwargs, example_config, layer_settings
-from ._errors import IncqError
-from . import _formats as formats
-from ._layout import logical_shape, packed_shape, scales_shape, values_per_block, words_per_block, zeros_shape
+from incq._core import api as _api
+from incq._tool import fs as _fs
+from incq._core.bridge import to_host
+from incq._tool.config import EXAMPLE_FORMATS, config_kwargs, example_config, layer_settings
+from incq._errors import IncqError
+from incq._core import formats as formats
+from incq._core.bits import logical_shape, packed_shape, scales_shape, values_per_block, words_per_block, zeros_shape
 
 CONFIG_FILES = ("config.json", "quantization_config.json", "quantize_config.json")
 INDEX_FILE = "model.safetensors.index.json"
@@ -109,7 +110,7 @@ def find_quant_config(path: Path, follow_symlinks: bool = False) -> tuple[str, d
 def open_checkpoint(path, follow_symlinks: bool = False) -> Checkpoint:
     """Read a checkpoint directory's quantization config and safetensors headers (no tensor data).
 
-    Every file it names is confined to the directory (``incq._fs.confine``); with
+    Every file it names is confined to the directory (``incq._tool.fs.confine``); with
     ``follow_symlinks`` a symlink inside it may point to a regular file elsewhere."""
     path = Path(path)
     if not path.is_dir():
@@ -465,7 +466,7 @@ def tensor_bytes(data) -> memoryview:
 def write_safetensors(folder: Path, rel: str, jobs: list[TensorJob], produce, metadata: dict | None,
                       on_tensor=None) -> int:
     """Write ``jobs`` in order into a new safetensors file ``folder / rel``, one tensor at a
-    time; returns bytes written. The file must not exist (``incq._fs.create``).
+    time; returns bytes written. The file must not exist (``incq._tool.fs.create``).
 
     ``produce(job)`` returns the tensor's data; its byte size must match the job's dtype and shape.
     """

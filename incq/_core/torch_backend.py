@@ -1,8 +1,8 @@
 """The torch backend: every public function on torch tensors, on the tensors' own device.
 
 Vectorized tensor operations only: no Python loop over elements or words, no trip through the
-host. Input has been validated by ``incq._validate``; nothing here checks it again. Results are
-bit-identical to the golden implementation (``incq._golden``) for every layout operation and for
+host. Input has been validated by ``incq._core.validate``; nothing here checks it again. Results are
+bit-identical to the golden implementation (``incq._core.golden``) for every layout operation and for
 ``dequantize``; ``w4a16_matmul`` is held to the tolerances of ``specs/matmul.md``.
 
 How the layouts are moved (``specs/gptq.md``, ``specs/awq.md``):
@@ -28,8 +28,8 @@ import math
 
 import torch
 
-from . import _formats as formats
-from ._layout import AWQ_ORDER, AWQ_REVERSE_ORDER, logical_shape, v1_offset_block, values_per_block, words_for, words_per_block
+from incq._core import formats as formats
+from incq._core.bits import AWQ_ORDER, AWQ_REVERSE_ORDER, logical_shape, v1_offset_block, values_per_block, words_for, words_per_block
 
 _LOW32 = 0xFFFFFFFF
 #: (distance in words, shift in bits, mask of the low part) of the three nibble exchanges
@@ -485,7 +485,7 @@ def _round_scales(scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 
 def quantize(w, bits, group_size, sym, packing, zero_offset):
-    """The golden's rule, step for step in float64 (see ``incq._golden.quantize``)."""
+    """The golden's rule, step for step in float64 (see ``incq._core.golden.quantize``)."""
     k, n = w.shape
     g = k if group_size == -1 else group_size
     maxq = (1 << bits) - 1

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from . import _checkpoint as ck
-from . import _formats as formats
-from . import _fs as fs
-from ._errors import IncqError
+from incq._tool import checkpoint as ck
+from incq._core import formats as formats
+from incq._tool import fs as fs
+from incq._errors import IncqError
 
 # --------------------------------------------------------------------------- inspect
 
@@ -34,12 +34,12 @@ def _overrides(layers, base: dict) -> list[str]:
 
 
 def inspect(path, as_json: bool, follow_symlinks: bool = False) -> int:
-    from ._targets import runtime_report
+    from incq._tool.targets import runtime_report
 
     ckpt = ck.open_checkpoint(path, follow_symlinks)
     found: list[str] = []  # shapes that contradict the config first, then what the values show
     layers = ck.find_layers(ckpt, problems=found)
-    from ._config import config_kwargs, describe_format, layer_settings
+    from incq._tool.config import config_kwargs, describe_format, layer_settings
 
     base = config_kwargs(ckpt.quant_config)
     base_settings = layer_settings(ckpt.quant_config, None)
@@ -129,7 +129,7 @@ def _write_configs(ckpt, tmp: Path, new_config: dict) -> list[str]:
 
 def convert(src, dst, to: str | None, zeros: str | None, force: bool = False, workers: int = 1, quiet: bool = False,
             follow_symlinks: bool = False, runtime: str | None = None) -> int:
-    from . import _targets
+    from incq._tool import targets as _targets
 
     if zeros is not None and (to is None or formats.get(to).zero_offsets != (0, 1)):
         raise ck.CheckpointError(f"--zeros applies to --to gptq only ({'the runtime target' if to is None else to} "
@@ -224,7 +224,7 @@ def _write_index(ckpt, plan: dict, tmp: Path) -> None:
 
 
 def _dequantize(arrays, kwargs, backend):
-    from . import _api
+    from incq._core import api as _api
 
     qweight, scales, qzeros, g_idx = arrays
     return _api.dequantize(qweight, scales, qzeros, g_idx, backend=backend, **kwargs)
@@ -262,7 +262,7 @@ def _dtype_name(x) -> str:
 def _symmetry_problem(ckpt, layer) -> str | None:
     """A layer declared symmetric whose stored zero points are not 2^(b-1): runtimes that trust
     the declaration use 2^(b-1) and decode other weights than the stored zero points give."""
-    from ._targets import effectively_symmetric
+    from incq._tool.targets import effectively_symmetric
 
     if layer.sym and not effectively_symmetric(ckpt, layer):
         return (f"declared symmetric, but its stored zero points are not {1 << (layer.kwargs['bits'] - 1)}: "
@@ -427,10 +427,10 @@ def _positive(text: str) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    from . import __version__
-    from ._config import EXAMPLE_FORMATS
-    from ._formats import FORMATS
-    from ._targets import RUNTIMES
+    from incq import __version__
+    from incq._tool.config import EXAMPLE_FORMATS
+    from incq._core.formats import FORMATS
+    from incq._tool.targets import RUNTIMES
 
     parser = argparse.ArgumentParser(prog="incq", description="Quantized checkpoint layouts (GPTQ, AWQ, AutoRound), "
                                      "specified and tested to the bit.")
@@ -486,14 +486,14 @@ def _run(args) -> int:
     if args.command == "verify":
         return verify(args.path, args.against, args.follow_symlinks)
     if args.command == "bench":
-        from . import _bench
+        from incq._tool import bench as _bench
 
         return _bench.main(quick=args.quick)
     if args.command == "example":
         ck.write_example(Path(args.path), args.format, args.shards)
         print(f"{args.path}: example {args.format} checkpoint written")
         return 0
-    from . import _selfcheck
+    from incq._tool import selfcheck as _selfcheck
 
     return _selfcheck.main(["--k", str(args.k), "--n", str(args.n), "--group-size", str(args.group_size)])
 

@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from ._errors import IncqError
-from ._formats import FORMATS
-from ._layout import logical_shape, scales_shape, values_per_block, words_for, words_per_block, zeros_shape
+from incq._errors import IncqError
+from incq._core.formats import FORMATS
+from incq._core.bits import logical_shape, scales_shape, values_per_block, words_for, words_per_block, zeros_shape
 
 #: every code width some format holds
 SUPPORTED_BITS = tuple(sorted({b for fmt in FORMATS.values() for b in fmt.bits}))
