@@ -50,11 +50,13 @@ def _table(tables: list, work: Path, title: str, lines: list[str]) -> None:
     with open(work / "interop-tables.md", "a") as f:
         f.write(f"## {title}\n\n" + "\n".join(lines) + "\n\n")
 
+
 # --------------------------------------------------------------------------- what is served
 
-# kinds whose conversions are served (all 4-bit exports; the others are refused by --for vllm)
-CONVERSIONS = {"for_vllm": ["--for", "vllm"], "to_gptq": ["--to", "gptq"], "to_gptq_raw": ["--to", "gptq", "--zeros", "raw"],
-               "to_awq": ["--to", "awq"]}
+# incq convert's targets: --for vllm of every export, the --to forms of the 4-bit group-32 ones
+CONVERSIONS = {"for_vllm": ["--for", "vllm"], "to_gptq": ["--to", "gptq"],
+               "to_gptq_raw": ["--to", "gptq", "--zeros", "raw"], "to_awq": ["--to", "awq"],
+               "to_ct": ["--to", "compressed-tensors"]}
 
 # hand-edited configs over the tensors of an export: name -> (group dir, source kind, config
 # changes (None deletes a key), what it shows)
@@ -86,7 +88,7 @@ EDITS = {
     "awq_zero_point_true_z8": ("g32", "w4_sym_auto_awq", {"zero_point": True},
                                "quant_method awq, zero_point true, every zero point 8"),
 }
-# (group dir, kind) served as exported, beyond the g32 exports
+# other group sizes (folder -> group size), exported for GROUP_KINDS only
 GROUPS = {"g16": 16, "g64": 64, "g128": 128, "gm1": -1}
 GROUP_KINDS = ["w4_sym_auto_round", "w4_asym_auto_round", "w4_sym_auto_gptq", "w4_asym_auto_awq"]
 OTHER_DTYPE = "bfloat16"  # also served in this dtype: the g32 GROUP_KINDS
@@ -131,6 +133,10 @@ def describe(path: Path) -> str:
         return f"gptq {qc.get('checkpoint_format', '(no checkpoint_format)')} sym={qc.get('sym')}"
     if method == "awq":
         return f"awq {qc.get('version')} zero_point={qc.get('zero_point')}"
+    if method == "compressed-tensors":
+        w = [g.get("weights") or {} for g in (qc.get("config_groups") or {}).values()]
+        return f"compressed-tensors {qc.get('format')} " + ", ".join(
+            f"{x.get('num_bits')}-bit symmetric={x.get('symmetric')} group={x.get('group_size')}" for x in w)
     return str(method)
 
 
@@ -339,6 +345,7 @@ def interop(tmp_path_factory):
         for s in result["served"].values():
             s["path"], s["source"] = Path(s["path"]), Path(s["source"])
         return {"work": work, **result}
+    (work / "interop-tables.md").unlink(missing_ok=True)
     t0 = time.time()
     timings = {}
     exports = {"g32": make_exports.make_exports(work / "g32", group_size=32)}
