@@ -129,16 +129,23 @@ def main(argv=None) -> None:
         print(f"{'run':<38}{'s':>7}{'MB/s':>8}{'x copy':>8}{'peak RSS MB':>13}{'after import':>14}{'held':>7}")
         print(f"{'copytree (page cache, no fsync)':<38}{plain_s:7.2f}{size / plain_s / 1e6:8.0f}{plain_s / copy_s:8.2f}")
         print(f"{'copytree + fsync (the baseline)':<38}{copy_s:7.2f}{size / copy_s / 1e6:8.0f}{1.0:8.2f}")
-        for label, extra in (("incq convert --to gptq", []), ("incq convert --to gptq --workers 2", ["--workers", "2"])):
-            dst = root / f"dst{len(extra)}"
+        ct = root / "ct"  # the same checkpoint in compressed-tensors, for the row that reads it
+        subprocess.run([sys.executable, "-m", "incq", "convert", str(src), str(ct), "--to", "compressed-tensors",
+                        "--quiet"], check=True)
+        rows = (("incq convert --to gptq", src, ["--to", "gptq", "--zeros", "raw"]),
+                ("incq convert --to gptq --workers 2", src, ["--to", "gptq", "--zeros", "raw", "--workers", "2"]),
+                ("incq convert --to compressed-tensors", src, ["--to", "compressed-tensors"]),
+                ("compressed-tensors -> --to awq", ct, ["--to", "awq"]))
+        for i, (label, source, extra) in enumerate(rows):
+            dst = root / f"dst{i}"
             runs = []
             for _ in range(args.reps):
                 os.sync()
-                runs.append(probe(["convert", str(src), str(dst), "--to", "gptq", "--zeros", "raw", "--quiet", *extra]))
+                runs.append(probe(["convert", str(source), str(dst), *extra, "--quiet"]))
                 shutil.rmtree(dst)
             seconds = statistics.median(r[0] for r in runs)
             base, peak = max(r[1] for r in runs), max(r[2] for r in runs)
-            note = "  (main process; each worker converts one shard)" if extra else ""
+            note = "  (main process; each worker converts one shard)" if "--workers" in extra else ""
             print(f"{label:<38}{seconds:7.2f}{size / seconds / 1e6:8.0f}{seconds / copy_s:8.2f}{peak:13.0f}"
                   f"{base:14.0f}{peak - base:7.0f}{note}")
     finally:
