@@ -102,3 +102,18 @@ def test_dense_words_are_gptq_words_transposed():
         data = load(case)
         gptq = incq.repack(data["weight_packed"], case["bits"], src="compressed-tensors", dst="gptq", k=k)
         np.testing.assert_array_equal(gptq, np.ascontiguousarray(data["weight_packed"].T), strict=True)
+
+
+@pytest.mark.parametrize("builder", ["make_cpu_layout", "make_xpu_layout"])
+def test_kernel_layouts_of_compressed_tensors_layers_equal_the_gptq_ones(builder):
+    torch = pytest.importorskip("torch")
+    case = next(c for c in CASES if c["file"] == "ct0.20.1_w4_asym_g32.npz")
+    data = load(case)
+    n, k = case["weight_shape"]
+    ct = [torch.from_numpy(data[t]) for t in ("weight_packed", "weight_scale", "weight_zero_point")]
+    gptq = [incq.repack(ct[0], 4, src="compressed-tensors", dst="gptq"), ct[1].t().contiguous(),
+            incq.repack_zeros(ct[2], 4, src="compressed-tensors", dst="gptq")]
+    a = getattr(incq, builder)(*ct, group_size=32, packing="compressed-tensors")
+    b = getattr(incq, builder)(*gptq, group_size=32)
+    for x, y in zip(a, b):
+        assert (x is None and y is None) or (isinstance(x, int) and x == y) or torch.equal(x, y)
