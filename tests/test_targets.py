@@ -137,7 +137,7 @@ def test_for_vllm_picks_gptq_for_symmetric_and_awq_for_asymmetric(tmp_path, conf
 @pytest.mark.parametrize("bits, act_order, match", [
     (3, False, "3-bit weights: vLLM"),
     (8, False, "8-bit weights: vLLM"),
-    (4, True, "asymmetric act-order layer"),
+    (4, True, "act-order (desc_act) layer"),
 ])
 def test_for_vllm_refuses_what_it_cannot_serve(tmp_path, bits, act_order, match):
     layer = quantized_layer(bits, act_order=act_order)
@@ -155,3 +155,37 @@ def test_inspect_names_the_conversion_that_makes_a_checkpoint_servable(tmp_path)
     assert "vLLM" in text and "--for vllm" in text
     out = run("convert", src, tmp_path / "o", "--to", "gptq", "--for", "vllm")
     assert out.returncode == 2  # --to and --for exclude each other
+
+
+def test_for_vllm_group_sizes_marlin_refuses_take_the_awq_gemm_config(tmp_path):
+    rng = np.random.default_rng(1)
+    w = (rng.standard_normal((256, 64)) * 0.05).astype(np.float16)
+    qweight, scales, qzeros, _ = incq.quantize(w, bits=4, group_size=16, sym=True, zero_offset=1)
+    config = {**AUTOROUND, "group_size": 16, "sym": True}
+    src = save_checkpoint(tmp_path / "src", {f"{Q}.qweight": qweight, f"{Q}.scales": scales, f"{Q}.qzeros": qzeros,
+                                             f"{F}.weight": np.ones((64, 256), np.float16),
+                                             "lm_head.weight": np.ones((8, 64), np.float16)}, config)
+    ok("convert", src, tmp_path / "out", "--for", "vllm")
+    cfg = written(tmp_path / "out")
+    assert (cfg["quant_method"], cfg["group_size"], cfg["zero_point"]) == ("awq", 16, True)
+    assert {F, "lm_head"} <= set(cfg["modules_to_not_convert"]) and "packing_format" not in cfg
+    assert "identical" in ok("verify", tmp_path / "out", "--against", src)
+
+
+@pytest.mark.parametrize("sym, fmt", [(False, "auto_round:gptqmodel"), (True, "auto_round:auto_gptq")])
+def test_for_transformers_writes_the_autoround_packing_it_serves(tmp_path, sym, fmt):
+    src = checkpoint(tmp_path, "src", {**AUTOROUND, "packing_format": "auto_round:auto_awq", "sym": sym},
+                     packing="awq", zero_offset=0, sym=sym)
+    report = {r["runtime"].split()[0]: r for r in json.loads(ok("inspect", src, "--json"))["runtimes"]}
+    assert report["transformers"]["loads"] is False and "--for transformers" in report["transformers"]["conversion"]
+    ok("convert", src, tmp_path / "out", "--for", "transformers")
+    cfg = written(tmp_path / "out")
+    assert cfg["packing_format"] == fmt and cfg["sym"] is sym
+    report = {r["runtime"].split()[0]: r for r in json.loads(ok("inspect", tmp_path / "out", "--json"))["runtimes"]}
+    assert report["transformers"]["loads"] is True
+    assert "identical" in ok("verify", tmp_path / "out", "--against", src)
+
+
+def test_for_transformers_refuses_other_config_families(tmp_path):
+    src = checkpoint(tmp_path, "src", GPTQ)
+    fails("convert", src, tmp_path / "out", "--for", "transformers", match="serves AutoRound configs")

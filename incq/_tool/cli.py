@@ -141,15 +141,15 @@ def convert(src, dst, to: str | None, zeros: str | None, force: bool = False, wo
     ckpt = ck.open_checkpoint(src, follow_symlinks)
     layers = ck.find_layers(ckpt)
     if runtime is not None:
-        to, zero_offset, sym = _targets.choose_for_runtime(ckpt, layers, runtime)
+        to, zero_offset, sym, native = _targets.choose_for_runtime(ckpt, layers, runtime)
     else:
         zero_offset = max(formats.get(to).zero_offsets) if zeros != "raw" else 0
         # symmetric data is stated symmetric where zero points may be absent (the form runtimes
         # serve; the same weights)
         symmetric = formats.get(to).states_symmetry and all(_targets.effectively_symmetric(ckpt, x) for x in layers)
-        sym = True if symmetric else None
+        sym, native = (True if symmetric else None), False
     plan = ck.plan_conversion(ckpt, layers, to, zero_offset, symmetric=bool(sym))
-    new_config = _targets.target_config(ckpt, layers, to, zero_offset, sym)
+    new_config = _targets.target_config(ckpt, layers, to, zero_offset, sym, native)
     fs.remove_stale_partials(dst.parent, lambda line: print(f"incq convert: {line}", file=sys.stderr))
     rewritten = set(plan) | set(ck.CONFIG_FILES) | {ck.INDEX_FILE, fs.MARKER}
     entries = list(fs.source_entries(src, rewritten, follow_symlinks))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import re
+from typing import Any, NamedTuple
 
 from incq._core import api as _api
 from incq._core.bridge import to_host
@@ -46,6 +47,16 @@ KEY_RULES = {
     ("gptq", "gptq"): {"checkpoint_format": "translated: 'gptq' (v1) or 'gptq_v2' (raw)",
                        "sym": "translated: true when every zero point is 2^(b-1), else kept"},
     ("awq", "awq"): {},
+    ("autoround", "awq"): {
+        "quant_method": "translated: 'awq' (vLLM's AWQ GEMM path takes group sizes its INC path refuses)",
+        "packing_format": "dropped: the AWQ layout is the config's own",
+        "sym": "translated: zero_point true (AWQ stores and uses every zero point)",
+        "data_type": "dropped: 'int' is the only one read",
+        "extra_config": "translated: layers it leaves in float become modules_to_not_convert; other overrides "
+                        "must equal the checkpoint-wide settings",
+        "block_name_to_quantize": "translated: the modules outside it become modules_to_not_convert",
+        "to_quant_block_names": "translated: as block_name_to_quantize",
+    },
 }
 _CT_READ = {
     "quant_method": "translated: the target's",
@@ -111,7 +122,7 @@ def modules(ckpt) -> tuple[list[str], list[str]]:
 # --------------------------------------------------------------------------- configs
 
 
-def target_config(ckpt, layers, to: str, zero_offset: int, sym: bool | None = None) -> dict:
+def target_config(ckpt, layers, to: str, zero_offset: int, sym: bool | None = None, native: bool = False) -> dict:
     """The quantization config of ``ckpt`` converted to ``to`` ("gptq" / "awq") with
     ``zero_offset``; ``sym=True`` states the layers symmetric (their zero points were checked to
     be 2^(b-1)). Proven against every module of the checkpoint before it is returned."""
@@ -121,6 +132,8 @@ def target_config(ckpt, layers, to: str, zero_offset: int, sym: bool | None = No
         cfg = _to_compressed_tensors(ckpt, layers, src, sym)
     elif fam == COMPRESSED_TENSORS_METHOD:
         cfg = _from_compressed_tensors(ckpt, layers, src, to, zero_offset, sym)
+    elif fam == "autoround" and native and to == "awq":
+        cfg = _gptq_to_awq(ckpt, src)
     elif fam == "autoround":
         cfg = _autoround(src, to, zero_offset, sym)
     elif fam == to:
@@ -220,8 +233,16 @@ def _autoround(src: dict, to: str, zero_offset: int, sym: bool | None) -> dict:
 
 
 def _gptq_to_awq(ckpt, src: dict) -> dict:
+    """An AWQ GEMM config for a GPTQ or AutoRound source (every layer one setting)."""
     base = config_kwargs(src)
-    cfg = {k: copy.deepcopy(v) for k, v in src.items() if k not in KEY_RULES[("gptq", "awq")]}
+    fam = family(src)
+    cfg = {k: copy.deepcopy(v) for k, v in src.items() if k not in KEY_RULES[(fam, "awq")]}
+    for key, override in (src.get("extra_config") or {}).items() if fam == "autoround" else ():
+        for name in ("bits", "group_size"):
+            value = override.get(name) if isinstance(override, dict) else None
+            if value is not None and value != base[name] and not (name == "bits" and value >= 16):
+                raise CheckpointError(f"quantization_config['extra_config'][{key!r}] sets {name} = {value!r}; an "
+                                      "AWQ config has no per-layer settings")
     cfg.update({"quant_method": "awq", "version": "gemm", "bits": base["bits"], "group_size": base["group_size"],
                 "zero_point": True})
     skipped = list(cfg.get("modules_to_not_convert") or [])
@@ -278,53 +299,105 @@ def prove(ckpt, layers, cfg: dict) -> None:
 
 # --------------------------------------------------------------------------- runtimes
 
-#: runtime name -> what it is, for messages
-RUNTIMES = {"vllm": "vLLM (CPU build 0.32 and CUDA)"}
 #: AutoRound packing formats vLLM's INC method accepts (vLLM's inc.py)
 VLLM_AUTOROUND_FORMATS = ("auto_round:auto_gptq", "auto_round:auto_awq", "auto_round:llm_compressor",
                           "auto_round:fp8")
+#: group sizes vLLM's GPTQ and INC paths accept (Marlin's list, enforced on its CPU build too);
+#: its AWQ GEMM path takes any
+VLLM_GPTQ_GROUP_SIZES = (-1, 32, 64, 128)
+#: AutoRound packing formats transformers + auto-round 0.16 serves for any zero points (without
+#: auto-round-lib; measured, specs/runtimes.md); auto_round:auto_gptq only when symmetric
+TRANSFORMERS_RAW_FORMATS = ("auto_round", "auto_round:gptqmodel")
 
 
-def choose_for_runtime(ckpt, layers, runtime: str) -> tuple[str, int, bool | None]:
-    """(target packing, zero_offset, sym statement) of the lossless form ``runtime`` serves,
-    or a refusal naming the layer and the reason."""
+def _vllm_choice(ckpt, layers, label):
+    bits = sorted({layer.kwargs["bits"] for layer in layers})
+    if bits != [4]:
+        odd = next(layer for layer in layers if layer.kwargs["bits"] != 4)
+        raise CheckpointError(f"{odd.prefix}: {odd.kwargs['bits']}-bit weights: {label} serves 4-bit "
+                              "GPTQ / AWQ checkpoints only (its CPU build has no kernel for other widths)")
+    symmetric = [effectively_symmetric(ckpt, layer) for layer in layers]
+    groups = {layer.kwargs["group_size"] for layer in layers}
+    for layer in layers:
+        if act_order(ckpt, layer) and layer.kwargs["group_size"] != -1:
+            raise CheckpointError(f"{layer.prefix}: act-order (desc_act) layer: {label} refuses "
+                                  "desc_act GPTQ unless per-channel, and AWQ cannot hold act-order")
+    if groups <= set(VLLM_GPTQ_GROUP_SIZES):
+        if all(symmetric):
+            return "gptq", 1, True, False  # symmetric: GPTQ with v1 zero points (the implied 8 stored as 7)
+        return "awq", 0, False, False
+    # groups Marlin refuses (e.g. 16): vLLM's AWQ GEMM config (quant_method awq) serves them
+    return "awq", 0, False, True
+
+
+def _vllm_as_is(ckpt, layers, choice) -> bool:
+    to, zero_offset, sym, native = choice
+    cfg = ckpt.quant_config
+    if family(cfg) == COMPRESSED_TENSORS_METHOD:  # symmetric or not, 4-bit dense: vLLM's WNA16 kernels
+        return all(x.kwargs["packing"] == "compressed-tensors" for x in layers)
+    kw = layers[0].kwargs
+    if native and family(cfg) == "autoround":
+        return False
+    return (kw["packing"], kw["zero_offset"]) == (to, zero_offset) and _vllm_config_ok(cfg, to, sym)
+
+
+def _transformers_choice(ckpt, layers, label):
+    if family(ckpt.quant_config) != "autoround":
+        raise CheckpointError(f"{label} serves AutoRound configs; it loads quant_method "
+                              f"{ckpt.quant_config.get('quant_method')!r} through other packages (optimum, gptqmodel, "
+                              "compressed-tensors), whose results incq has not measured")
+    if all(effectively_symmetric(ckpt, layer) for layer in layers):
+        return "gptq", 1, True, False  # auto_round:auto_gptq, symmetric
+    return "gptq", 0, False, False  # auto_round:gptqmodel: raw zero points, any of them
+
+
+def _transformers_as_is(ckpt, layers, choice) -> bool:
+    cfg = ckpt.quant_config
+    fmt = cfg.get("packing_format") or "auto_round:auto_gptq"
+    if fmt in TRANSFORMERS_RAW_FORMATS:
+        return True
+    return fmt == "auto_round:auto_gptq" and choice[2] is True and bool(cfg.get("sym", True))
+
+
+class Runtime(NamedTuple):
+    label: str
+    choose: Any  #: (ckpt, layers, label) -> (target packing, zero_offset, sym statement, native)
+    as_is: Any  #: (ckpt, layers, choice) -> whether the runtime loads the checkpoint unchanged
+
+
+#: the runtimes ``--for`` and ``incq inspect`` know (rules: specs/runtimes.md)
+RUNTIMES = {
+    "vllm": Runtime("vLLM (CPU build 0.32 and CUDA)", _vllm_choice, _vllm_as_is),
+    "transformers": Runtime("transformers 5.19 + auto-round 0.16 (no auto-round-lib)", _transformers_choice,
+                            _transformers_as_is),
+}
+
+
+def choose_for_runtime(ckpt, layers, runtime: str) -> tuple[str, int, bool | None, bool]:
+    """(target packing, zero_offset, sym statement, native: write the format's own config even
+    for an AutoRound source) of the lossless form ``runtime`` serves, or a refusal naming the
+    layer and the reason."""
     if runtime not in RUNTIMES:
         raise CheckpointError(f"--for must name one of {', '.join(RUNTIMES)}, got {runtime!r}")
     if not layers:
         raise CheckpointError("no quantized layer that incq can read")
-    bits = sorted({layer.kwargs["bits"] for layer in layers})
-    if bits != [4]:
-        odd = next(layer for layer in layers if layer.kwargs["bits"] != 4)
-        raise CheckpointError(f"{odd.prefix}: {odd.kwargs['bits']}-bit weights: {RUNTIMES[runtime]} serves 4-bit "
-                              "GPTQ / AWQ checkpoints only (its CPU build has no kernel for other widths)")
-    symmetric = [effectively_symmetric(ckpt, layer) for layer in layers]
-    if all(symmetric):
-        return "gptq", 1, True  # symmetric: GPTQ with v1 zero points (the implied 8 stored as 7)
-    for layer, sym in zip(layers, symmetric):
-        if not sym and act_order(ckpt, layer):
-            raise CheckpointError(f"{layer.prefix}: asymmetric act-order layer: AWQ cannot hold act-order and "
-                                  f"{RUNTIMES[runtime]} does not serve asymmetric GPTQ on the CPU")
-    return "awq", 0, False
+    return RUNTIMES[runtime].choose(ckpt, layers, RUNTIMES[runtime].label)
 
 
 def runtime_report(ckpt, layers) -> list[dict]:
     """For each runtime: whether it loads ``ckpt`` as it is, else the conversion that makes it
     loadable or why none does."""
     report = []
-    for runtime, label in RUNTIMES.items():
-        entry = {"runtime": label}
+    for name, runtime in RUNTIMES.items():
+        entry = {"runtime": runtime.label}
         try:
-            to, zero_offset, sym = choose_for_runtime(ckpt, layers, runtime)
+            choice = choose_for_runtime(ckpt, layers, name)
         except CheckpointError as e:
             entry.update(loads=False, conversion=None, reason=str(e))
             report.append(entry)
             continue
-        cfg = ckpt.quant_config
-        kw = layers[0].kwargs if layers else {}
-        as_is = (kw.get("packing"), kw.get("zero_offset")) == (to, zero_offset) and _vllm_config_ok(cfg, to, sym)
-        if family(cfg) == COMPRESSED_TENSORS_METHOD:  # symmetric 4-bit dense: vLLM's WNA16 kernels
-            as_is = bool(sym) and all(x.kwargs["packing"] == "compressed-tensors" for x in layers)
-        entry.update(loads=as_is, conversion=None if as_is else f"incq convert SRC DST --for {runtime}", reason=None)
+        as_is = runtime.as_is(ckpt, layers, choice)
+        entry.update(loads=as_is, conversion=None if as_is else f"incq convert SRC DST --for {name}", reason=None)
         report.append(entry)
     return report
 
