@@ -484,7 +484,10 @@ def test_convert_for_vllm_serves_the_same_model(interop, interop_tables):
                     else TOL_REFERENCE
                 if _state(res) != "ok":
                     failures.append(f"{kind}: --for vllm output not served correctly by vLLM: {res}")
-                elif not equal or diff > tol:
+                # against the float32 reference (no runtime serves the original) a greedy token may
+                # flip at a near tie of float16 activations; the reference's logprobs of the
+                # runtime's own tokens (teacher-forced) are what shows the weights are right
+                elif (not equal and base_name != "reference") or diff > tol:
                     failures.append(f"{kind}: --for vllm output differs from the original in {base_name}: "
                                     f"tokens equal {equal}, max |logprob diff| {diff:.4f} > {tol}")
     _table(interop_tables, interop["work"], f"incq convert --for vllm / --to, served in vLLM CPU (dtype {DTYPE})",
