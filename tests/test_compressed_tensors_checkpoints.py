@@ -158,3 +158,26 @@ def test_a_word_count_both_layouts_share_is_decided_by_the_version(tmp_path, ver
     assert report["layouts"] == [layout]
     ok("convert", src, tmp_path / "gptq", "--to", "compressed-tensors")
     assert "identical" in ok("verify", tmp_path / "gptq", "--against", src)
+
+
+AUTOROUND_EXPORTS = json.loads((FIXTURES / "autoround_llm_compressor.json").read_text())
+
+
+@pytest.mark.parametrize("entry", AUTOROUND_EXPORTS, ids=[e["file"][:-4] for e in AUTOROUND_EXPORTS])
+def test_autoround_llm_compressor_exports_read_exactly(tmp_path, entry):
+    """AutoRound's `llm_compressor` export: a compressed-tensors config without `version`; its
+    3-bit words are in the padded layout (made beside compressed-tensors 0.17), which
+    compressed-tensors >= 0.18 would misread. incq reads it by its word count."""
+    data = dict(np.load(FIXTURES / entry["file"]))
+    tensors = {f"{entry['layer']}.{k}": v for k, v in data.items() if k.startswith("weight_")}
+    path = save_checkpoint(tmp_path / "src", tensors, entry["quantization_config"])
+    assert "version" not in entry["quantization_config"]
+    report = json.loads(ok("inspect", path, "--json"))
+    assert report["layouts"] == [entry["layout"]]
+    weights = entry["quantization_config"]["config_groups"]["group_0"]["weights"]
+    n, k = entry["weight_shape"]
+    w = incq.dequantize(data["weight_packed"], data["weight_scale"], data.get("weight_zero_point"),
+                        bits=weights["num_bits"], group_size=weights["group_size"], packing=entry["layout"], k=k)
+    np.testing.assert_array_equal(np.ascontiguousarray(w.T), data["decompressed"], strict=True)
+    ok("convert", path, tmp_path / "dense", "--to", "compressed-tensors")
+    assert "identical" in ok("verify", tmp_path / "dense", "--against", path)
