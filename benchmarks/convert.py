@@ -76,7 +76,7 @@ def generate(path: Path, layers: int, shards: int) -> int:
     for i, chunk in enumerate(np.array_split(np.arange(len(names)), shards)):
         file = f"model-{i + 1:05d}-of-{shards:05d}.safetensors"
         jobs = [ck.TensorJob(names[j], *tensors[names[j]], "copy", names[j], 0, (), ()) for j in chunk]
-        total += ck.write_safetensors(path / file, jobs, produce, {"format": "pt"})
+        total += ck.write_safetensors(path, file, jobs, produce, {"format": "pt"})
         weight_map.update({names[j]: file for j in chunk})
     (path / ck.INDEX_FILE).write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}))
     return total

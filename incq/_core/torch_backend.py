@@ -279,20 +279,45 @@ def awq_to_gptq(qweight: torch.Tensor, bits: int) -> torch.Tensor:
     return out.view(k // 8, 8 * c)
 
 
-def repack(qweight: torch.Tensor, bits: int, src: str, dst: str, k: int | None = None) -> torch.Tensor:
-    """qweight words of format ``src`` -> the same codes in format ``dst``; the AWQ <-> GPTQ
-    bit orders by the nibble exchange network, any other pair through the codes."""
-    a, b = formats.get(src), formats.get(dst)
-    if a.transposed or a.partial or b.transposed or b.partial:
-        return pack_weight(unpack_weight(qweight, bits, src, k), bits, dst)
-    orders = ((a.weight_axis, a.weight_order), (b.weight_axis, b.weight_order))
-    if orders[0] == orders[1]:
-        return qweight.clone()
-    if orders == ((1, "awq"), (0, "sequential")):
+def _sequential_along_k(fmt, bits: int) -> bool:
+    """Whether a format's words are GPTQ's sequential blocks along K (padded words are, where
+    ``bits`` divides 32)."""
+    order = "sequential" if fmt.weight_order == "padded" and 32 % bits == 0 else fmt.weight_order
+    return fmt.weight_axis == 0 and order == "sequential"
+
+
+def _as_gptq(qweight: torch.Tensor, bits: int, fmt, k: int | None) -> torch.Tensor | None:
+    """The GPTQ words ``[K * bits / 32, N]`` of a qweight, without unpacking, where its words
+    are GPTQ's (maybe transposed) or AWQ's; None where only the codes can tell."""
+    if _sequential_along_k(fmt, bits):
+        if k is not None and k % values_per_block(bits):
+            return None  # a partly filled last block: not GPTQ's words
+        return qweight.t() if fmt.transposed else qweight
+    if (fmt.weight_axis, fmt.weight_order, fmt.transposed) == (1, "awq", False):
         return awq_to_gptq(qweight, bits)
-    if orders == ((0, "sequential"), (1, "awq")):
-        return gptq_to_awq(qweight, bits)
-    return pack_weight(unpack_weight(qweight, bits, src), bits, dst)
+    return None
+
+
+def _from_gptq(words: torch.Tensor, bits: int, fmt) -> torch.Tensor | None:
+    if _sequential_along_k(fmt, bits):
+        return words.t().contiguous() if fmt.transposed else words.contiguous()
+    if (fmt.weight_axis, fmt.weight_order, fmt.transposed) == (1, "awq", False):
+        return gptq_to_awq(words.contiguous(), bits)
+    return None
+
+
+def repack(qweight: torch.Tensor, bits: int, src: str, dst: str, k: int | None = None) -> torch.Tensor:
+    """qweight words of format ``src`` -> the same codes in format ``dst``: through GPTQ's words
+    where both formats' words are GPTQ's (maybe transposed) or AWQ's (the AWQ <-> GPTQ nibble
+    exchange network), else through the codes."""
+    a, b = formats.get(src), formats.get(dst)
+    words = _as_gptq(qweight, bits, a, k)
+    out = None if words is None else _from_gptq(words, bits, b)
+    if out is None:
+        return pack_weight(unpack_weight(qweight, bits, src, k), bits, dst)
+    if out.untyped_storage().data_ptr() == qweight.untyped_storage().data_ptr():
+        out = out.clone()  # never the input itself
+    return out
 
 
 def gptq_to_awq(qweight: torch.Tensor, bits: int) -> torch.Tensor:
