@@ -21,6 +21,10 @@ import sys
 import tempfile
 from pathlib import Path
 
+# the same tiny tokenizer as the AutoRound fixtures
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fixtures" / "autoround"))
+from make_fixtures import make_tokenizer  # noqa: E402
+
 # kind -> (bits, sym, format requested from AutoRound). What AutoRound writes for each
 # (AutoRound 0.16.1): "auto_round" picks auto_round:auto_gptq for symmetric, auto_round:auto_awq
 # for 4-bit asymmetric and plain "auto_round" (raw zeros, GPTQ layout) for other asymmetric
@@ -51,19 +55,6 @@ MODEL = dict(
     max_position_embeddings=128,
     tie_word_embeddings=False,
 )
-
-
-def make_tokenizer(path: Path) -> None:
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    words = ["<unk>", "<s>", "</s>"] + [f"w{i}" for i in range(253)]
-    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="</s>"
-    )
-    fast.save_pretrained(path)
 
 
 def make_model(path: Path) -> None:
