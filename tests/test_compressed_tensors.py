@@ -117,3 +117,22 @@ def test_kernel_layouts_of_compressed_tensors_layers_equal_the_gptq_ones(builder
     b = getattr(incq, builder)(*gptq, group_size=32)
     for x, y in zip(a, b):
         assert (x is None and y is None) or (isinstance(x, int) and x == y) or torch.equal(x, y)
+
+
+@pytest.mark.parametrize("file", ["ct0.20.1_w4_asym_g32.npz", "ct0.17.1_w3_asym_g32.npz", "ct0.20.1_w8_sym_g128.npz"])
+def test_matmul_on_compressed_tensors_layers_equals_the_gptq_one(lib, file):
+    case = next(c for c in CASES if c["file"] == file)
+    data = load(case)
+    packing, kwargs = layer(case, data)
+    bits, k = case["bits"], case["weight_shape"][1]
+    x = np.random.default_rng(0).standard_normal((3, k)).astype(np.float32)
+    zeros = data.get("weight_zero_point")
+    y = lib.w4a16_matmul(x, data["weight_packed"], data["weight_scale"], zeros, **kwargs)
+    gptq = dict(qweight=incq.repack(data["weight_packed"], bits, src=packing, dst="gptq", k=k),
+                scales=np.ascontiguousarray(data["weight_scale"].T),
+                qzeros=None if zeros is None else incq.repack_zeros(zeros, bits, src=packing, dst="gptq",
+                                                                    n=case["weight_shape"][0]))
+    expected = incq.w4a16_matmul(x, **gptq, bits=bits, group_size=kwargs["group_size"])  # the golden
+    from conftest import assert_matmul_close
+
+    assert_matmul_close(y, expected, "float32")
