@@ -11,7 +11,7 @@ from incq._core import dispatch as _dispatch
 from incq._kernels import layouts as _layouts
 from incq._core import validate as v
 from incq._errors import IncqWarning
-from incq._core.formats import FORMATS
+from incq._core.formats import AWQ, FORMATS, GPTQ
 from incq._core.bits import values_per_block, words_for, words_per_block
 from incq._kernels.layouts import make_cpu_layout, make_xpu_layout
 
@@ -286,10 +286,10 @@ def awq_zeros_to_gptq(qzeros, bits=4, *, zero_offset=0, on_zero="raise", backend
     bits = v.check_bits(fn, bits, (4,))
     zero_offset = v.check_int_choice(fn, "zero_offset", zero_offset, (0, 1))
     on_zero = v.check_str_choice(fn, "on_zero", on_zero, v.ON_ZERO)
-    qzeros = _check_qzeros(fn, qzeros, bits, "awq")
+    qzeros = _check_qzeros(fn, qzeros, bits, AWQ.name)
     chosen = _dispatch.backend_for(fn, {"qzeros": qzeros}, backend)
-    zeros = chosen.unpack_zeros(qzeros, bits, "awq", 0)
-    return _encode_zeros(fn, chosen, zeros, bits, "gptq", zero_offset, on_zero)
+    zeros = chosen.unpack_zeros(qzeros, bits, AWQ.name, 0)
+    return _encode_zeros(fn, chosen, zeros, bits, GPTQ.name, zero_offset, on_zero)
 
 
 def gptq_zeros_to_awq(qzeros, bits=4, *, zero_offset=0, backend=None):
@@ -303,10 +303,10 @@ def gptq_zeros_to_awq(qzeros, bits=4, *, zero_offset=0, backend=None):
     fn = "gptq_zeros_to_awq"
     bits = v.check_bits(fn, bits, (4,))
     zero_offset = v.check_int_choice(fn, "zero_offset", zero_offset, (0, 1))
-    qzeros = _check_qzeros(fn, qzeros, bits, "gptq")
+    qzeros = _check_qzeros(fn, qzeros, bits, GPTQ.name)
     chosen = _dispatch.backend_for(fn, {"qzeros": qzeros}, backend)
-    zeros = chosen.unpack_zeros(qzeros, bits, "gptq", zero_offset)
-    return chosen.pack_zeros(zeros, bits, "awq", 0)
+    zeros = chosen.unpack_zeros(qzeros, bits, GPTQ.name, zero_offset)
+    return chosen.pack_zeros(zeros, bits, AWQ.name, 0)
 
 
 def dequantize(qweight, scales, qzeros=None, g_idx=None, *, bits=4, group_size=128, packing="gptq",

@@ -4,33 +4,35 @@ from __future__ import annotations
 
 import math
 
+from incq._core.formats import PADDED, SEQUENTIAL
+
 #: AWQ nibble order: slot ``i`` of a word holds column ``8 * c + AWQ_ORDER[i]``.
 AWQ_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)
 #: The inverse permutation: sequential column ``j`` sits in slot ``AWQ_REVERSE_ORDER[j]``.
 AWQ_REVERSE_ORDER = (0, 4, 1, 5, 2, 6, 3, 7)
 
 
-def values_per_block(bits: int, order: str = "sequential") -> int:
+def values_per_block(bits: int, order: str = SEQUENTIAL) -> int:
     """Values in one packing block. Sequential: the fewest values that fill whole words (a word
     for 2/4/8 bits; 32 values in 3, 5, 3 and 7 words for 3, 5, 6 and 7 bits; 6 bits: 16 values).
     Padded: the values that fit one word, ``32 // bits``, the top bits left zero."""
-    if order == "padded":
+    if order == PADDED:
         return 32 // bits
     return 32 // math.gcd(32, bits)
 
 
-def words_per_block(bits: int, order: str = "sequential") -> int:
+def words_per_block(bits: int, order: str = SEQUENTIAL) -> int:
     """int32 words in one packing block."""
-    if order == "padded":
+    if order == PADDED:
         return 1
     return bits // math.gcd(32, bits)
 
 
-def words_for(values: int, bits: int, order: str = "sequential") -> int:
+def words_for(values: int, bits: int, order: str = SEQUENTIAL) -> int:
     """Words that hold ``values`` codes when the last word may be partly filled (compressed-
     tensors): ``ceil(values * bits / 32)`` in a sequential stream, ``ceil(values / (32 // bits))``
     padded."""
-    if order == "padded":
+    if order == PADDED:
         return -(-values // (32 // bits))
     return -(-values * bits // 32)
 

@@ -8,7 +8,8 @@ backends, the kernels' layouts and the checkpoint tool read their rules from her
 orders themselves ("sequential", "awq") are implemented by the backends' ``pack`` / ``unpack``.
 
 Adding a format means adding an entry here (with its spec page, golden vectors and config
-reader); ``tests/test_formats.py`` checks that no other module branches on a format's name.
+reader); ``tests/test_formats.py`` checks that no other module writes a format's or a bit
+order's name: they ask this table (``GPTQ.name``, ``AWQ.quant_method``, :data:`INTERLEAVED`, ...).
 """
 
 from __future__ import annotations
@@ -17,16 +18,23 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import NamedTuple
 
+#: the bit orders of codes in a word (``pack`` / ``unpack``'s ``order=``; specs/gptq.md, awq.md,
+#: compressed-tensors.md): low bits first in a stream; AWQ's nibble interleave; ``32 // bits``
+#: codes per word with the top bits zero
+SEQUENTIAL, INTERLEAVED, PADDED = "sequential", "awq", "padded"
+ORDERS = (SEQUENTIAL, INTERLEAVED, PADDED)
+
 
 class Format(NamedTuple):
     name: str  #: the ``packing=`` value
     title: str  #: for messages and reports
     bits: tuple[int, ...]  #: code widths the format can hold
     weight_axis: int  #: axis of ``q[K, N]`` the qweight words pack: 0 along K, 1 along N
-    weight_order: str  #: bit order of the codes in a word ("sequential" / "awq")
+    weight_order: str  #: bit order of the codes in a word (one of :data:`ORDERS`)
     zeros_order: str  #: bit order of the zero points, packed along N
     zero_offsets: tuple[int, ...]  #: zero-point conventions: 0 raw (stored z), 1 v1 (stored z - 1)
     tensors: Mapping[str, str]  #: role -> the tensor name's suffix in a checkpoint
+    quant_method: str  #: the config family (``quantization_config['quant_method']``) that describes it
     act_order: bool  #: whether a ``g_idx`` can be stored
     #: whether a symmetric layer stores its zero points (2^(b-1)) and loaders expect them
     zeros_when_symmetric: bool
@@ -45,13 +53,14 @@ class Format(NamedTuple):
 _GPTQ_NAMES = MappingProxyType({"qweight": "qweight", "qzeros": "qzeros", "scales": "scales", "g_idx": "g_idx"})
 
 GPTQ = Format(
-    name="gptq", title="GPTQ", bits=(2, 3, 4, 8), weight_axis=0, weight_order="sequential",
-    zeros_order="sequential", zero_offsets=(0, 1), tensors=_GPTQ_NAMES, act_order=True, zeros_when_symmetric=True,
+    name="gptq", title="GPTQ", bits=(2, 3, 4, 8), weight_axis=0, weight_order=SEQUENTIAL,
+    zeros_order=SEQUENTIAL, zero_offsets=(0, 1), tensors=_GPTQ_NAMES, quant_method="gptq", act_order=True,
+    zeros_when_symmetric=True,
     states_symmetry=True, trivial_g_idx=True,
 )
 AWQ = Format(
-    name="awq", title="AWQ", bits=(4,), weight_axis=1, weight_order="awq", zeros_order="awq",
-    zero_offsets=(0,), tensors=_GPTQ_NAMES, act_order=False, zeros_when_symmetric=True, states_symmetry=False,
+    name="awq", title="AWQ", bits=(4,), weight_axis=1, weight_order=INTERLEAVED, zeros_order=INTERLEAVED,
+    zero_offsets=(0,), tensors=_GPTQ_NAMES, quant_method="awq", act_order=False, zeros_when_symmetric=True, states_symmetry=False,
     trivial_g_idx=False,
 )
 
@@ -60,14 +69,15 @@ _CT_NAMES = MappingProxyType({"qweight": "weight_packed", "qzeros": "weight_zero
 #: compressed-tensors ``pack-quantized`` from 0.18 on: one dense bit stream per row of [N, K]
 COMPRESSED_TENSORS = Format(
     name="compressed-tensors", title="compressed-tensors pack-quantized", bits=(2, 3, 4, 5, 6, 7, 8), weight_axis=0,
-    weight_order="sequential", zeros_order="sequential", zero_offsets=(0,), tensors=_CT_NAMES, act_order=True,
+    weight_order=SEQUENTIAL, zeros_order=SEQUENTIAL, zero_offsets=(0,), tensors=_CT_NAMES,
+    quant_method="compressed-tensors", act_order=True,
     zeros_when_symmetric=False, states_symmetry=True, trivial_g_idx=False, transposed=True, partial=True,
     variants=("compressed-tensors", "compressed-tensors-padded"),
 )
 #: compressed-tensors ``pack-quantized`` up to 0.17: ``32 // bits`` codes per word, top bits zero
 COMPRESSED_TENSORS_PADDED = COMPRESSED_TENSORS._replace(
     name="compressed-tensors-padded", title="compressed-tensors pack-quantized (padded, <= 0.17)",
-    weight_order="padded", zeros_order="padded",
+    weight_order=PADDED, zeros_order=PADDED,
 )
 
 #: every format, by its ``packing=`` name

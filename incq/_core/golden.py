@@ -32,11 +32,11 @@ def _unpack_stream(packed: np.ndarray, bits: int) -> np.ndarray:
     return (codes << np.arange(bits, dtype=np.uint32)).sum(-1).astype(np.uint8)
 
 
-def _pack_last(values: np.ndarray, bits: int, order: str = "sequential") -> np.ndarray:
+def _pack_last(values: np.ndarray, bits: int, order: str = formats.SEQUENTIAL) -> np.ndarray:
     """Pack along the last axis in sequential or padded order; returns int32 words."""
-    if order != "padded" and 32 % bits and bits != 3:
+    if order != formats.PADDED and 32 % bits and bits != 3:
         return _pack_stream(values, bits)
-    if bits == 3 and order != "padded":
+    if bits == 3 and order != formats.PADDED:
         v = values.astype(np.uint64)
         # A block of 32 values is one 96-bit little-endian stream; value j at bits 3j..3j+2.
         # Values 0..10 fill stream bits 0..32 ("low"); values 11..31 fill bits 33..95, which
@@ -56,11 +56,11 @@ def _pack_last(values: np.ndarray, bits: int, order: str = "sequential") -> np.n
     return words.astype(np.uint32).view(np.int32)
 
 
-def _unpack_last(packed: np.ndarray, bits: int, order: str = "sequential") -> np.ndarray:
+def _unpack_last(packed: np.ndarray, bits: int, order: str = formats.SEQUENTIAL) -> np.ndarray:
     """Unpack int32 words along the last axis in sequential or padded order; returns uint8 codes."""
-    if order != "padded" and 32 % bits and bits != 3:
+    if order != formats.PADDED and 32 % bits and bits != 3:
         return _unpack_stream(packed, bits)
-    if bits == 3 and order != "padded":
+    if bits == 3 and order != formats.PADDED:
         w = packed.view(np.uint32).astype(np.uint64)
         mask = np.uint64((1 << bits) - 1)
         blocks = rearrange(w, "... (w k) -> ... w k", k=3)
@@ -77,7 +77,7 @@ def _unpack_last(packed: np.ndarray, bits: int, order: str = "sequential") -> np
 
 def pack(values: np.ndarray, bits: int, axis: int, order: str) -> np.ndarray:
     v = np.moveaxis(values, axis, -1)
-    if order == "awq":
+    if order == formats.INTERLEAVED:
         v = rearrange(v, "... (c s) -> ... c s", s=8)[..., list(AWQ_ORDER)]
         v = rearrange(v, "... c s -> ... (c s)")
     return np.ascontiguousarray(np.moveaxis(_pack_last(v, bits, order), -1, axis))
@@ -85,7 +85,7 @@ def pack(values: np.ndarray, bits: int, axis: int, order: str) -> np.ndarray:
 
 def unpack(packed: np.ndarray, bits: int, axis: int, order: str) -> np.ndarray:
     v = _unpack_last(np.moveaxis(packed, axis, -1), bits, order)
-    if order == "awq":
+    if order == formats.INTERLEAVED:
         v = rearrange(v, "... (c s) -> ... c s", s=8)[..., list(AWQ_REVERSE_ORDER)]
         v = rearrange(v, "... c s -> ... (c s)")
     return np.ascontiguousarray(np.moveaxis(v, -1, axis))

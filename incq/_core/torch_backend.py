@@ -59,7 +59,7 @@ def _slot_view(codes: torch.Tensor, order: str) -> torch.Tensor:
     view is a permutation of three binary axes.
     """
     pre, w, per, post = codes.shape
-    if order == "awq":
+    if order == formats.INTERLEAVED:
         return codes.view(pre, w, 2, 2, 2, post).permute(0, 1, 4, 2, 3, 5)
     return codes.view(pre, w, 4, per // 4, post)
 
@@ -67,7 +67,7 @@ def _slot_view(codes: torch.Tensor, order: str) -> torch.Tensor:
 def _word_bytes(words: torch.Tensor, order: str) -> torch.Tensor:
     """int32 ``[pre, W, post]`` -> its bytes as ``[pre, W, *byte index, post]`` (a view)."""
     pre, w, post = words.shape
-    index = (2, 2) if order == "awq" else (4,)
+    index = (2, 2) if order == formats.INTERLEAVED else (4,)
     return words.view(torch.uint8).view(pre, w, post, *index).movedim(2, -1)
 
 
@@ -83,13 +83,13 @@ def _resized(x: torch.Tensor, axis: int, length: int, dtype: torch.dtype) -> tor
 
 def _generic(bits: int, order: str) -> bool:
     """Widths and orders outside the byte-slot fast paths: 5/6/7-bit streams, padded 3/5/6/7 bits."""
-    return (order == "padded" and 32 % bits != 0) or (order == "sequential" and bits in (5, 6, 7))
+    return (order == formats.PADDED and 32 % bits != 0) or (order == formats.SEQUENTIAL and bits in (5, 6, 7))
 
 
 def _pack_generic_last(codes: torch.Tensor, bits: int, order: str) -> torch.Tensor:
     """Padded: ``32 // bits`` codes per word, shifted into place in int64. Sequential: the codes'
     bits (lowest first) as one stream, cut into 32-bit words."""
-    if order == "padded":
+    if order == formats.PADDED:
         per = 32 // bits
         shifts = torch.arange(per, device=codes.device, dtype=torch.int64) * bits
         words = (codes.to(torch.int64).unflatten(-1, (-1, per)) << shifts).sum(-1)
@@ -101,7 +101,7 @@ def _pack_generic_last(codes: torch.Tensor, bits: int, order: str) -> torch.Tens
 
 def _unpack_generic_last(packed: torch.Tensor, bits: int, order: str) -> torch.Tensor:
     words = packed.to(torch.int64) & _LOW32
-    if order == "padded":
+    if order == formats.PADDED:
         shifts = torch.arange(32 // bits, device=packed.device, dtype=torch.int64) * bits
         return ((words.unsqueeze(-1) >> shifts) & ((1 << bits) - 1)).to(torch.uint8).flatten(-2)
     bit = (words.unsqueeze(-1) >> torch.arange(32, device=packed.device)) & 1
@@ -116,7 +116,7 @@ def pack(values: torch.Tensor, bits: int, axis: int, order: str) -> torch.Tensor
     codes = values if values.dtype == torch.uint8 else values.to(torch.uint8)
     if _generic(bits, order):
         return _pack_generic_last(codes.movedim(axis, -1), bits, order).movedim(-1, axis).contiguous()
-    order = "sequential" if order == "padded" else order  # 2/4/8 bits: the same words
+    order = formats.SEQUENTIAL if order == formats.PADDED else order  # 2/4/8 bits: the same words
     if bits == 3:
         return _pack3_last(codes.movedim(axis, -1)).movedim(-1, axis).contiguous()
     per = 32 // bits
@@ -148,7 +148,7 @@ def unpack(packed: torch.Tensor, bits: int, axis: int, order: str) -> torch.Tens
         return _resized(packed, axis, packed.shape[axis] * per // words, torch.uint8)
     if _generic(bits, order):
         return _unpack_generic_last(packed.movedim(axis, -1), bits, order).movedim(-1, axis).contiguous()
-    order = "sequential" if order == "padded" else order
+    order = formats.SEQUENTIAL if order == formats.PADDED else order
     if bits == 3:
         return _unpack3_last(packed.movedim(axis, -1)).movedim(-1, axis).contiguous()
     per = 32 // bits
@@ -177,7 +177,7 @@ def unpack(packed: torch.Tensor, bits: int, axis: int, order: str) -> torch.Tens
 def _unpack_functional(words: torch.Tensor, bits: int, order: str) -> torch.Tensor:
     """``[pre, W, post]`` words -> ``[pre, W, 32/bits, post]`` codes as one shift-and-mask."""
     per = 32 // bits
-    slot = AWQ_REVERSE_ORDER if order == "awq" else range(per)
+    slot = AWQ_REVERSE_ORDER if order == formats.INTERLEAVED else range(per)
     shifts = torch.tensor([bits * s for s in slot], dtype=torch.int32, device=words.device)
     return ((words.unsqueeze(2) >> shifts.view(1, 1, per, 1)) & ((1 << bits) - 1)).to(torch.uint8)
 
@@ -279,11 +279,16 @@ def awq_to_gptq(qweight: torch.Tensor, bits: int) -> torch.Tensor:
     return out.view(k // 8, 8 * c)
 
 
+def _words_of(fmt) -> tuple:
+    """What decides a format's words: packed axis, bit order, stored transposed or not."""
+    return fmt.weight_axis, fmt.weight_order, fmt.transposed
+
+
 def _sequential_along_k(fmt, bits: int) -> bool:
     """Whether a format's words are GPTQ's sequential blocks along K (padded words are, where
     ``bits`` divides 32)."""
-    order = "sequential" if fmt.weight_order == "padded" and 32 % bits == 0 else fmt.weight_order
-    return fmt.weight_axis == 0 and order == "sequential"
+    order = formats.SEQUENTIAL if fmt.weight_order == formats.PADDED and 32 % bits == 0 else fmt.weight_order
+    return fmt.weight_axis == 0 and order == formats.SEQUENTIAL
 
 
 def _as_gptq(qweight: torch.Tensor, bits: int, fmt, k: int | None) -> torch.Tensor | None:
@@ -293,7 +298,7 @@ def _as_gptq(qweight: torch.Tensor, bits: int, fmt, k: int | None) -> torch.Tens
         if k is not None and k % values_per_block(bits):
             return None  # a partly filled last block: not GPTQ's words
         return qweight.t() if fmt.transposed else qweight
-    if (fmt.weight_axis, fmt.weight_order, fmt.transposed) == (1, "awq", False):
+    if _words_of(fmt) == _words_of(formats.AWQ):
         return awq_to_gptq(qweight, bits)
     return None
 
@@ -301,7 +306,7 @@ def _as_gptq(qweight: torch.Tensor, bits: int, fmt, k: int | None) -> torch.Tens
 def _from_gptq(words: torch.Tensor, bits: int, fmt) -> torch.Tensor | None:
     if _sequential_along_k(fmt, bits):
         return words.t().contiguous() if fmt.transposed else words.contiguous()
-    if (fmt.weight_axis, fmt.weight_order, fmt.transposed) == (1, "awq", False):
+    if _words_of(fmt) == _words_of(formats.AWQ):
         return gptq_to_awq(words.contiguous(), bits)
     return None
 

@@ -14,12 +14,11 @@ from typing import Any
 import numpy as np
 
 from incq._errors import IncqError
-from incq._core.formats import FORMATS
+from incq._core.formats import AWQ, FORMATS, INTERLEAVED, ORDERS
 from incq._core.bits import logical_shape, scales_shape, values_per_block, words_for, words_per_block, zeros_shape
 
 #: every code width some format holds
 SUPPORTED_BITS = tuple(sorted({b for fmt in FORMATS.values() for b in fmt.bits}))
-ORDERS = ("sequential", "awq", "padded")
 PACKINGS = tuple(FORMATS)
 ON_ZERO = ("raise", "borrow", "clamp")
 
@@ -64,8 +63,8 @@ def check_str_choice(fn: str, name: str, value: Any, choices: tuple[str, ...]) -
 
 def check_order(fn: str, order: Any, bits: int) -> str:
     order = check_str_choice(fn, "order", order, ORDERS)
-    if order == "awq" and bits != 4:
-        raise fail(fn, "bits", "must be 4 with order='awq' (AWQ packs 4-bit codes only)", bits)
+    if order == INTERLEAVED and bits not in AWQ.bits:
+        raise fail(fn, "bits", f"must be 4 with order={INTERLEAVED!r} (AWQ packs 4-bit codes only)", bits)
     return order
 
 

@@ -60,8 +60,8 @@ def _sorted_rows(words, perm):
     """GPTQ words with the rows (K) taken in the order ``perm``."""
     if perm is None:
         return words
-    codes = T.unpack(words, 4, 0, "sequential").index_select(0, perm)
-    return T.pack(codes, 4, 0, "sequential")
+    codes = T.unpack(words, 4, 0, CANONICAL.weight_order).index_select(0, perm)
+    return T.pack(codes, 4, 0, CANONICAL.weight_order)
 
 
 def xpu_misfit(qweight, scales, qzeros, g_idx, bits, group_size, packing, zero_offset, shape) -> str:
@@ -94,7 +94,7 @@ def make_xpu_layout(qweight, scales, qzeros, g_idx, bits, group_size, packing, z
     if zeros is None or bool((zeros == 8).all()):
         b_zp = torch.tensor([8], dtype=torch.int8, device=device)
     else:
-        b_zp = T.pack(zeros, 4, 1, "sequential")
+        b_zp = T.pack(zeros, 4, 1, CANONICAL.zeros_order)
     if zeros is None:
         zeros_int8 = torch.full((groups, n), 8, dtype=torch.int8, device=device)
     else:
@@ -111,7 +111,7 @@ def make_cpu_layout(qweight, scales, qzeros, g_idx, bits, group_size, packing, z
     perm, _ = _act_order(None if g_idx is None else g_idx.to(cpu), k, group_size)
     words = _sorted_rows(words, perm)
     scales = _logical_scales(scales, packing).to(cpu).contiguous()
-    codes = T.unpack(words, 4, 0, "sequential")  # [K, N]
+    codes = T.unpack(words, 4, 0, CANONICAL.weight_order)  # [K, N]
     weight = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes.t().to(torch.int32).contiguous(), 8)
     z = torch.full_like(scales, 8, dtype=torch.float32) if zeros is None else zeros.to(torch.float32)
     s = scales.to(torch.float32)
@@ -195,7 +195,7 @@ def _xpu_matmul(x2, L: XpuLayout, bias):
             xs.contiguous(), L.qweight.t(), L.group_size, L.scales.to(x2.dtype), L.zeros_int8
         )
     else:
-        zeros = T.pack(L.zeros_int8.to(torch.uint8), 4, 1, "sequential")
+        zeros = T.pack(L.zeros_int8.to(torch.uint8), 4, 1, CANONICAL.zeros_order)
         w = T._dequantize(L.qweight.contiguous(), L.scales, zeros, None, 4, L.group_size, CANONICAL.name, 0, x2.dtype)
         y = xs @ w
     return y if bias is None else y + bias.to(y.dtype)

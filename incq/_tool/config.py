@@ -7,9 +7,9 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from incq._core.formats import COMPRESSED_TENSORS, GPTQ
+from incq._core.formats import AWQ, COMPRESSED_TENSORS, FORMATS, GPTQ
 
-COMPRESSED_TENSORS_METHOD = "compressed-tensors"
+COMPRESSED_TENSORS_METHOD = COMPRESSED_TENSORS.quant_method
 from incq._core.validate import describe, fail
 
 #: code widths a GPTQ / AWQ / AutoRound config may declare (the GPTQ layout's)
@@ -17,14 +17,16 @@ SUPPORTED_BITS = GPTQ.bits
 
 #: AutoRound ``packing_format`` -> (packing, zero_offset)
 AUTOROUND_PACKING = {
-    "auto_round:auto_gptq": ("gptq", 1),
-    "auto_round:gptq": ("gptq", 1),
-    "auto_round": ("gptq", 0),
-    "auto_round:gptqmodel": ("gptq", 0),
-    "auto_round:auto_awq": ("awq", 0),
+    "auto_round:auto_gptq": (GPTQ.name, 1),
+    "auto_round:gptq": (GPTQ.name, 1),
+    "auto_round": (GPTQ.name, 0),
+    "auto_round:gptqmodel": (GPTQ.name, 0),
+    "auto_round:auto_awq": (AWQ.name, 0),
 }
 #: GPTQ ``checkpoint_format`` -> zero_offset
-GPTQ_CHECKPOINT_FORMAT = {"gptq": 1, "gptq_v2": 0}
+GPTQ_CHECKPOINT_FORMAT = {GPTQ.quant_method: 1, "gptq_v2": 0}  # v1 is named as the method
+#: zero_offset -> the GPTQ ``checkpoint_format`` that states it
+CHECKPOINT_FORMATS = {offset: name for name, offset in GPTQ_CHECKPOINT_FORMAT.items()}
 AUTOROUND_METHODS = ("auto-round", "auto_round", "intel/auto-round")
 #: what :func:`config_kwargs` returns, a subset of :func:`layer_settings`
 KWARGS = ("bits", "group_size", "packing", "zero_offset")
@@ -107,12 +109,13 @@ def _settings(fn: str, quantization_config: Any, layer: Any) -> dict[str, Any] |
     if layer is not None and not isinstance(layer, str):
         raise fail(fn, "layer", "must be a module name (str) or None", describe(layer))
 
-    method = str(cfg.get("quant_method", "gptq" if "checkpoint_format" in cfg or "desc_act" in cfg else "")).lower()
+    implied = GPTQ.quant_method if "checkpoint_format" in cfg or "desc_act" in cfg else ""  # quantize_config.json
+    method = str(cfg.get("quant_method", implied)).lower()
     if method in AUTOROUND_METHODS:
         return _autoround(fn, cfg, layer)
-    if method == "gptq":
+    if method == GPTQ.quant_method:
         return _gptq(fn, cfg, layer)
-    if method == "awq":
+    if method == AWQ.quant_method:
         return _awq(fn, cfg, layer)
     if method == COMPRESSED_TENSORS_METHOD:
         return _compressed_tensors(fn, cfg, layer)
@@ -167,8 +170,10 @@ def _result(fn, bits: _Value, group_size: _Value, sym: _Value, act_order: _Value
         raise fail(fn, bits.path, f"must be one of {', '.join(map(str, allowed))}", describe(bits.value))
     if not _is_int(group_size.value) or (group_size.value < 1 and group_size.value != -1):
         raise fail(fn, group_size.path, "must be a positive integer or -1", describe(group_size.value))
-    if packing == "awq" and bits.value != 4:
-        raise fail(fn, bits.path, "must be 4 for an AWQ layout", describe(bits.value))
+    fmt = FORMATS[packing]
+    if bits.value not in fmt.bits:
+        raise fail(fn, bits.path, f"must be {' or '.join(map(str, fmt.bits))} for an {fmt.title} layout",
+                   describe(bits.value))
     return {
         "bits": bits.value, "group_size": group_size.value, "sym": _flag(fn, sym),
         "act_order": False if act_order is None else _flag(fn, act_order),
@@ -276,7 +281,7 @@ def _match_override(fn: str, extra: Mapping[str, Any], layer: str) -> str | None
 
 
 def _gptq(fn: str, cfg: Mapping[str, Any], layer: str | None) -> dict[str, Any] | None:
-    fmt = cfg.get("checkpoint_format") or "gptq"
+    fmt = cfg.get("checkpoint_format") or CHECKPOINT_FORMATS[1]
     if fmt not in GPTQ_CHECKPOINT_FORMAT:
         raise fail(
             fn, f"{_ROOT}['checkpoint_format']",
@@ -299,7 +304,7 @@ def _gptq(fn: str, cfg: Mapping[str, Any], layer: str | None) -> dict[str, Any] 
                 sym = _override(sym, override, "sym", path)
                 act_order = _override(act_order, override, "desc_act", path)
                 break
-    return _result(fn, bits, group_size, sym, act_order, "gptq", GPTQ_CHECKPOINT_FORMAT[fmt])
+    return _result(fn, bits, group_size, sym, act_order, GPTQ.name, GPTQ_CHECKPOINT_FORMAT[fmt])
 
 
 def _awq(fn: str, cfg: Mapping[str, Any], layer: str | None) -> dict[str, Any] | None:
@@ -312,7 +317,7 @@ def _awq(fn: str, cfg: Mapping[str, Any], layer: str | None) -> dict[str, Any] |
     group_size = _required(fn, cfg, "q_group_size", "group_size")
     zero_point = _optional(cfg, "zero_point", True)
     sym = _Value(not _flag(fn, zero_point), zero_point.path)
-    return _result(fn, bits, group_size, sym, None, "awq", 0)
+    return _result(fn, bits, group_size, sym, None, AWQ.name, 0)
 
 
 def _ct_matches(target: str, layer: str) -> int:
@@ -392,28 +397,30 @@ def describe_format(quant_config: dict) -> str:
     method = str(quant_config.get("quant_method", "")).lower()
     if method in AUTOROUND_METHODS:
         return f"AutoRound ({quant_config.get('packing_format', 'auto_round:auto_gptq')})"
-    if method == "awq":
+    if method == AWQ.quant_method:
         return f"AWQ ({quant_config.get('version', 'gemm')})"
     if method == COMPRESSED_TENSORS_METHOD:
         version = quant_config.get("version")
         return f"compressed-tensors ({quant_config.get('format')}{', written by ' + str(version) if version else ''})"
-    return f"GPTQ ({quant_config.get('checkpoint_format', 'gptq')})"
+    return f"GPTQ ({quant_config.get('checkpoint_format') or CHECKPOINT_FORMATS[1]})"
 
 
 #: ``incq example --format`` -> (quantization config, packing, zero_offset)
 EXAMPLE_FORMATS = {
-    "auto_round:auto_awq": ({"quant_method": "auto-round", "packing_format": "auto_round:auto_awq"}, "awq", 0),
-    "auto_round:auto_gptq": ({"quant_method": "auto-round", "packing_format": "auto_round:auto_gptq"}, "gptq", 1),
-    "auto_round:gptqmodel": ({"quant_method": "auto-round", "packing_format": "auto_round:gptqmodel"}, "gptq", 0),
-    "gptq": ({"quant_method": "gptq", "checkpoint_format": "gptq", "desc_act": False}, "gptq", 1),
-    "gptq_v2": ({"quant_method": "gptq", "checkpoint_format": "gptq_v2", "desc_act": False}, "gptq", 0),
-    "awq": ({"quant_method": "awq", "version": "gemm", "zero_point": True}, "awq", 0),
+    "auto_round:auto_awq": ({"quant_method": "auto-round", "packing_format": "auto_round:auto_awq"}, AWQ.name, 0),
+    "auto_round:auto_gptq": ({"quant_method": "auto-round", "packing_format": "auto_round:auto_gptq"}, GPTQ.name, 1),
+    "auto_round:gptqmodel": ({"quant_method": "auto-round", "packing_format": "auto_round:gptqmodel"}, GPTQ.name, 0),
+    CHECKPOINT_FORMATS[1]: ({"quant_method": GPTQ.quant_method, "checkpoint_format": CHECKPOINT_FORMATS[1], "desc_act": False},
+             GPTQ.name, 1),
+    CHECKPOINT_FORMATS[0]: ({"quant_method": GPTQ.quant_method, "checkpoint_format": CHECKPOINT_FORMATS[0], "desc_act": False},
+                GPTQ.name, 0),
+    AWQ.quant_method: ({"quant_method": AWQ.quant_method, "version": "gemm", "zero_point": True}, AWQ.name, 0),
 }
 
 
 def example_config(fmt: str, quant: dict) -> dict:
     """The quantization config ``incq example --format fmt`` writes (AWQ names its keys its own way)."""
-    if quant.get("quant_method") == "awq":
+    if quant.get("quant_method") == AWQ.quant_method:
         return {k: v for k, v in {**quant, "w_bit": quant["bits"], "q_group_size": quant["group_size"]}.items()
                 if k not in ("bits", "group_size", "sym")}
     return quant

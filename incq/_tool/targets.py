@@ -17,13 +17,18 @@ from typing import Any, NamedTuple
 
 from incq._core import api as _api
 from incq._core.bridge import to_host
-from incq._tool.checkpoint import CheckpointError, act_order, read_tensor
-from incq._tool.config import AUTOROUND_METHODS, COMPRESSED_TENSORS_METHOD, config_kwargs
+from incq._tool.checkpoint import QWEIGHT_SUFFIXES, CheckpointError, act_order, read_tensor
+from incq._core import formats
+from incq._core.formats import AWQ, COMPRESSED_TENSORS, GPTQ
+from incq._tool.config import AUTOROUND_METHODS, CHECKPOINT_FORMATS, COMPRESSED_TENSORS_METHOD, config_kwargs
+
+#: the config family of AutoRound (quant_method "auto-round"), which describes GPTQ and AWQ layouts
+AUTOROUND = "autoround"
 
 #: (source family, target family) -> {source key: what happens to it}; every other key is
 #: carried over unchanged. "renamed:<key>" keeps the value under another name.
 KEY_RULES = {
-    ("gptq", "awq"): {
+    (GPTQ.quant_method, AWQ.quant_method): {
         "quant_method": "translated: 'awq'",
         "checkpoint_format": "dropped: AWQ zero points are raw by definition",
         "sym": "translated: zero_point true (AWQ stores every zero point; symmetric layers store 2^(b-1))",
@@ -31,7 +36,7 @@ KEY_RULES = {
         "dynamic": "translated: '-:' rules become modules_to_not_convert (the modules they match); "
                    "overrides must equal the checkpoint-wide settings",
     },
-    ("awq", "gptq"): {
+    (AWQ.quant_method, GPTQ.quant_method): {
         "quant_method": "translated: 'gptq'",
         "version": "dropped: GEMM is the only AWQ layout incq reads",
         "zero_point": "translated: sym = not zero_point",
@@ -39,15 +44,15 @@ KEY_RULES = {
         "q_group_size": "renamed:group_size",
         "modules_to_not_convert": "translated: kept, and a '-:' dynamic rule for each entry (GPTQ loaders)",
     },
-    ("autoround", "autoround"): {
+    (AUTOROUND, AUTOROUND): {
         "packing_format": "translated: the target's packing_format",
         "sym": "translated: false for AWQ packing (zero points stored and used), else kept",
         "extra_config": "translated: per-layer 'sym' false for AWQ packing, else kept",
     },
-    ("gptq", "gptq"): {"checkpoint_format": "translated: 'gptq' (v1) or 'gptq_v2' (raw)",
+    (GPTQ.quant_method, GPTQ.quant_method): {"checkpoint_format": "translated: 'gptq' (v1) or 'gptq_v2' (raw)",
                        "sym": "translated: true when every zero point is 2^(b-1), else kept"},
-    ("awq", "awq"): {},
-    ("autoround", "awq"): {
+    (AWQ.quant_method, AWQ.quant_method): {},
+    (AUTOROUND, AWQ.quant_method): {
         "quant_method": "translated: 'awq' (vLLM's AWQ GEMM path takes group sizes its INC path refuses)",
         "packing_format": "dropped: the AWQ layout is the config's own",
         "sym": "translated: zero_point true (AWQ stores and uses every zero point)",
@@ -71,32 +76,28 @@ _CT_READ = {
     "sparsity_config": "refused unless empty",
     "transform_config": "refused unless empty",
 }
-KEY_RULES.update({(COMPRESSED_TENSORS_METHOD, "gptq"): _CT_READ, (COMPRESSED_TENSORS_METHOD, "awq"): _CT_READ})
+KEY_RULES.update({(COMPRESSED_TENSORS_METHOD, GPTQ.quant_method): _CT_READ,
+                  (COMPRESSED_TENSORS_METHOD, AWQ.quant_method): _CT_READ})
 
 
 def family(quant_config: dict) -> str:
     method = str(quant_config.get("quant_method", "")).lower()
     if method in AUTOROUND_METHODS:
-        return "autoround"
-    if method == COMPRESSED_TENSORS_METHOD:
-        return COMPRESSED_TENSORS_METHOD
-    return "awq" if method == "awq" else "gptq"
-
-
-#: the config family that writes each format
-TARGET_FAMILY = {"gptq": "gptq", "awq": "awq", "compressed-tensors": COMPRESSED_TENSORS_METHOD,
-                 "compressed-tensors-padded": COMPRESSED_TENSORS_METHOD}
+        return AUTOROUND
+    known = {fmt.quant_method for fmt in formats.FORMATS.values()}
+    return method if method in known else GPTQ.quant_method  # a quantize_config.json names none
 
 
 def describe_target(cfg: dict) -> str:
     fam = family(cfg)
     if fam == COMPRESSED_TENSORS_METHOD:
         return "compressed-tensors pack-quantized"
-    if fam == "autoround":
+    if fam == AUTOROUND:
         return f"AutoRound {cfg.get('packing_format')}"
-    if fam == "awq":
+    if fam == AWQ.quant_method:
         return "AWQ (gemm, raw zero points)"
-    return f"GPTQ ({'v1 zero points' if cfg.get('checkpoint_format', 'gptq') == 'gptq' else 'raw zero points, gptq_v2'})"
+    v1 = (cfg.get("checkpoint_format") or CHECKPOINT_FORMATS[1]) == CHECKPOINT_FORMATS[1]
+    return f"GPTQ ({'v1 zero points' if v1 else 'raw zero points, ' + CHECKPOINT_FORMATS[0]})"
 
 
 # --------------------------------------------------------------------------- the data
@@ -107,15 +108,16 @@ def effectively_symmetric(ckpt, layer) -> bool:
     if "qzeros" not in layer.tensors:
         return True
     kw = layer.kwargs
-    z = _api.unpack_zeros(to_host(read_tensor(ckpt, layer.tensors["qzeros"])), kw["bits"], packing=kw["packing"], n=layer.n,
-                          zero_offset=kw["zero_offset"])
+    z = _api.unpack_zeros(to_host(read_tensor(ckpt, layer.tensors["qzeros"])), kw["bits"], packing=kw["packing"],
+                          n=layer.n, zero_offset=kw["zero_offset"])
     return bool((z == (1 << (kw["bits"] - 1))).all())
 
 
 def modules(ckpt) -> tuple[list[str], list[str]]:
     """(quantized layer names, names of the float modules: a 2-d ``<name>.weight``)."""
-    quantized = [n[: -len(".qweight")] for n in ckpt.tensors if n.endswith(".qweight")]
-    floats = [n[: -len(".weight")] for n, info in ckpt.tensors.items() if n.endswith(".weight") and len(info.shape) == 2]
+    quantized = [n[: -len(suffix)] for n in ckpt.tensors for suffix in QWEIGHT_SUFFIXES if n.endswith(suffix)]
+    floats = [n[: -len(".weight")] for n, info in ckpt.tensors.items()
+              if n.endswith(".weight") and len(info.shape) == 2]
     return quantized, floats
 
 
@@ -123,26 +125,26 @@ def modules(ckpt) -> tuple[list[str], list[str]]:
 
 
 def target_config(ckpt, layers, to: str, zero_offset: int, sym: bool | None = None, native: bool = False) -> dict:
-    """The quantization config of ``ckpt`` converted to ``to`` ("gptq" / "awq") with
+    """The quantization config of ``ckpt`` converted to ``to`` (a ``packing=`` name) with
     ``zero_offset``; ``sym=True`` states the layers symmetric (their zero points were checked to
     be 2^(b-1)). Proven against every module of the checkpoint before it is returned."""
     src = ckpt.quant_config
-    fam, target = family(src), TARGET_FAMILY[to]
+    fam, target = family(src), formats.get(to).quant_method
     if target == COMPRESSED_TENSORS_METHOD:
         cfg = _to_compressed_tensors(ckpt, layers, src, sym)
     elif fam == COMPRESSED_TENSORS_METHOD:
         cfg = _from_compressed_tensors(ckpt, layers, src, to, zero_offset, sym)
-    elif fam == "autoround" and native and to == "awq":
+    elif fam == AUTOROUND and native and to == AWQ.name:
         cfg = _gptq_to_awq(ckpt, src)
-    elif fam == "autoround":
+    elif fam == AUTOROUND:
         cfg = _autoround(src, to, zero_offset, sym)
-    elif fam == to:
+    elif fam == target:
         cfg = copy.deepcopy(src)
-        if to == "gptq":
-            cfg["checkpoint_format"] = "gptq" if zero_offset else "gptq_v2"
+        if to == GPTQ.name:
+            cfg["checkpoint_format"] = CHECKPOINT_FORMATS[zero_offset]
             if sym:
                 cfg["sym"] = True
-    elif to == "awq":
+    elif to == AWQ.name:
         cfg = _gptq_to_awq(ckpt, src)
     else:
         cfg = _awq_to_gptq(src, zero_offset, sym)
@@ -154,12 +156,6 @@ def _settings_by_layer(ckpt, layers, sym: bool | None) -> dict[str, tuple]:
     """Each quantized layer's (bits, group_size, symmetric, act-order) as the target states it."""
     return {layer.prefix: (layer.kwargs["bits"], layer.kwargs["group_size"], bool(sym), act_order(ckpt, layer))
             for layer in layers}
-
-
-def _float_modules(ckpt) -> list[str]:
-    """Modules kept in float: every 2-d ``<name>.weight`` (a config naming a non-linear one,
-    such as an embedding, in its skip list changes nothing)."""
-    return modules(ckpt)[1]
 
 
 def _to_compressed_tensors(ckpt, layers, src: dict, sym: bool | None) -> dict:
@@ -178,7 +174,7 @@ def _to_compressed_tensors(ckpt, layers, src: dict, sym: bool | None) -> dict:
         groups[f"group_{i}"] = {"targets": targets, "weights": weights, "input_activations": None,
                                 "output_activations": None, "format": "pack-quantized"}
     return {"quant_method": COMPRESSED_TENSORS_METHOD, "format": "pack-quantized", "config_groups": groups,
-            "ignore": _float_modules(ckpt), "quantization_status": "compressed", "kv_cache_scheme": None,
+            "ignore": modules(ckpt)[1], "quantization_status": "compressed", "kv_cache_scheme": None,
             "sparsity_config": {}}
 
 
@@ -197,29 +193,30 @@ def _from_compressed_tensors(ckpt, layers, src: dict, to: str, zero_offset: int,
         counts[s] = counts.get(s, 0) + 1
     base = max(counts, key=counts.get)
     bits, group_size, symmetric, ordered = base
-    skipped = [name for name in _float_modules(ckpt)]
-    extra = {k: copy.deepcopy(v) for k, v in src.items() if k not in KEY_RULES[(COMPRESSED_TENSORS_METHOD, to)]}
-    if to == "awq":
+    skipped = modules(ckpt)[1]  # a skip list naming a non-linear module (an embedding) changes nothing
+    rules = KEY_RULES[(COMPRESSED_TENSORS_METHOD, formats.get(to).quant_method)]
+    extra = {k: copy.deepcopy(v) for k, v in src.items() if k not in rules}
+    if to == AWQ.name:
         for layer, s in settings.items():
             if s[:2] != base[:2]:
                 raise CheckpointError(f"{layer}: {s[0]}-bit, group_size {s[1]} differs from the other layers; an AWQ "
                                       "config has no per-layer settings")
-        return {**extra, "quant_method": "awq", "version": "gemm", "bits": bits, "group_size": group_size,
+        return {**extra, "quant_method": AWQ.quant_method, "version": "gemm", "bits": bits, "group_size": group_size,
                 "zero_point": True, "modules_to_not_convert": skipped}
     dynamic = {f"-:^{re.escape(name)}$": {} for name in skipped}
     for layer, s in settings.items():
         if s != base:
             dynamic[f"+:^{re.escape(layer)}$"] = {"bits": s[0], "group_size": s[1], "sym": s[2], "desc_act": s[3]}
-    return {**extra, "quant_method": "gptq", "bits": bits, "group_size": group_size, "sym": symmetric,
-            "desc_act": ordered, "checkpoint_format": "gptq" if zero_offset else "gptq_v2",
+    return {**extra, "quant_method": GPTQ.quant_method, "bits": bits, "group_size": group_size, "sym": symmetric,
+            "desc_act": ordered, "checkpoint_format": CHECKPOINT_FORMATS[zero_offset],
             **({"dynamic": dynamic} if dynamic else {})}
 
 
 def _autoround(src: dict, to: str, zero_offset: int, sym: bool | None) -> dict:
     cfg = copy.deepcopy(src)
-    cfg["packing_format"] = ("auto_round:auto_awq" if to == "awq"
+    cfg["packing_format"] = ("auto_round:auto_awq" if to == AWQ.name
                              else "auto_round:auto_gptq" if zero_offset else "auto_round:gptqmodel")
-    if to == "awq":
+    if to == AWQ.name:
         # AWQ packing stores every zero point, and runtimes route sym: true AWQ to kernels that
         # ignore them: sym: false with the stored zero points (2^(b-1) when symmetric) is the
         # same weights in the form they load.
@@ -236,14 +233,15 @@ def _gptq_to_awq(ckpt, src: dict) -> dict:
     """An AWQ GEMM config for a GPTQ or AutoRound source (every layer one setting)."""
     base = config_kwargs(src)
     fam = family(src)
-    cfg = {k: copy.deepcopy(v) for k, v in src.items() if k not in KEY_RULES[(fam, "awq")]}
-    for key, override in (src.get("extra_config") or {}).items() if fam == "autoround" else ():
+    cfg = {k: copy.deepcopy(v) for k, v in src.items() if k not in KEY_RULES[(fam, AWQ.quant_method)]}
+    for key, override in (src.get("extra_config") or {}).items() if fam == AUTOROUND else ():
         for name in ("bits", "group_size"):
             value = override.get(name) if isinstance(override, dict) else None
             if value is not None and value != base[name] and not (name == "bits" and value >= 16):
                 raise CheckpointError(f"quantization_config['extra_config'][{key!r}] sets {name} = {value!r}; an "
                                       "AWQ config has no per-layer settings")
-    cfg.update({"quant_method": "awq", "version": "gemm", "bits": base["bits"], "group_size": base["group_size"],
+    cfg.update({"quant_method": AWQ.quant_method, "version": "gemm", "bits": base["bits"],
+                "group_size": base["group_size"],
                 "zero_point": True})
     skipped = list(cfg.get("modules_to_not_convert") or [])
     for rule, override in (src.get("dynamic") or {}).items():
@@ -266,12 +264,13 @@ def _gptq_to_awq(ckpt, src: dict) -> dict:
 
 
 def _awq_to_gptq(src: dict, zero_offset: int, sym: bool | None) -> dict:
-    rules = KEY_RULES[("awq", "gptq")]
+    rules = KEY_RULES[(AWQ.quant_method, GPTQ.quant_method)]
     cfg = {k: copy.deepcopy(v) for k, v in src.items() if k not in rules or k == "modules_to_not_convert"}
     base = config_kwargs(src)
-    cfg.update({"quant_method": "gptq", "bits": base["bits"], "group_size": base["group_size"], "desc_act": False,
+    cfg.update({"quant_method": GPTQ.quant_method, "bits": base["bits"], "group_size": base["group_size"],
+                "desc_act": False,
                 "sym": bool(sym) if sym is not None else not src.get("zero_point", True),
-                "checkpoint_format": "gptq" if zero_offset else "gptq_v2"})
+                "checkpoint_format": CHECKPOINT_FORMATS[zero_offset]})
     skipped = [str(m) for m in (src.get("modules_to_not_convert") or [])]
     if skipped:
         dynamic = dict(cfg.get("dynamic") or {})
@@ -324,31 +323,31 @@ def _vllm_choice(ckpt, layers, label):
                                   "desc_act GPTQ unless per-channel, and AWQ cannot hold act-order")
     if groups <= set(VLLM_GPTQ_GROUP_SIZES):
         if all(symmetric):
-            return "gptq", 1, True, False  # symmetric: GPTQ with v1 zero points (the implied 8 stored as 7)
-        return "awq", 0, False, False
+            return GPTQ.name, 1, True, False  # symmetric: GPTQ with v1 zero points (the implied 8 stored as 7)
+        return AWQ.name, 0, False, False
     # groups Marlin refuses (e.g. 16): vLLM's AWQ GEMM config (quant_method awq) serves them
-    return "awq", 0, False, True
+    return AWQ.name, 0, False, True
 
 
 def _vllm_as_is(ckpt, layers, choice) -> bool:
     to, zero_offset, sym, native = choice
     cfg = ckpt.quant_config
     if family(cfg) == COMPRESSED_TENSORS_METHOD:  # symmetric or not, 4-bit dense: vLLM's WNA16 kernels
-        return all(x.kwargs["packing"] == "compressed-tensors" for x in layers)
+        return all(x.kwargs["packing"] == COMPRESSED_TENSORS.name for x in layers)
     kw = layers[0].kwargs
-    if native and family(cfg) == "autoround":
+    if native and family(cfg) == AUTOROUND:
         return False
     return (kw["packing"], kw["zero_offset"]) == (to, zero_offset) and _vllm_config_ok(cfg, to, sym)
 
 
 def _transformers_choice(ckpt, layers, label):
-    if family(ckpt.quant_config) != "autoround":
+    if family(ckpt.quant_config) != AUTOROUND:
         raise CheckpointError(f"{label} serves AutoRound configs; it loads quant_method "
                               f"{ckpt.quant_config.get('quant_method')!r} through other packages (optimum, gptqmodel, "
                               "compressed-tensors), whose results incq has not measured")
     if all(effectively_symmetric(ckpt, layer) for layer in layers):
-        return "gptq", 1, True, False  # auto_round:auto_gptq, symmetric
-    return "gptq", 0, False, False  # auto_round:gptqmodel: raw zero points, any of them
+        return GPTQ.name, 1, True, False  # auto_round:auto_gptq, symmetric
+    return GPTQ.name, 0, False, False  # auto_round:gptqmodel: raw zero points, any of them
 
 
 def _transformers_as_is(ckpt, layers, choice) -> bool:
@@ -404,9 +403,10 @@ def runtime_report(ckpt, layers) -> list[dict]:
 
 def _vllm_config_ok(cfg: dict, to: str, sym: bool | None) -> bool:
     fam = family(cfg)
-    if fam == "autoround":
+    if fam == AUTOROUND:
         fmt = cfg.get("packing_format") or "auto_round:auto_gptq"
         return fmt in VLLM_AUTOROUND_FORMATS and bool(cfg.get("sym", True)) == bool(sym)
-    if fam == "gptq":
-        return bool(cfg.get("sym", True)) == bool(sym) and cfg.get("checkpoint_format", "gptq") == "gptq"
+    if fam == GPTQ.quant_method:
+        v1 = (cfg.get("checkpoint_format") or CHECKPOINT_FORMATS[1]) == CHECKPOINT_FORMATS[1]
+        return bool(cfg.get("sym", True)) == bool(sym) and v1
     return bool(cfg.get("zero_point", True)) != bool(sym)
