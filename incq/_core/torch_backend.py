@@ -420,6 +420,11 @@ def pack_weight(q: torch.Tensor, bits: int, packing: str) -> torch.Tensor:
     return words.t().contiguous() if fmt.transposed else words
 
 
+def logical_scales(scales: torch.Tensor, packing: str) -> torch.Tensor:
+    """The format's stored scales -> ``[G, N]`` (a view)."""
+    return scales.t() if formats.get(packing).transposed else scales
+
+
 def _weight_rows(qweight: torch.Tensor, bits: int, packing: str, r0: int, r1: int) -> torch.Tensor:
     """Codes of rows ``r0:r1`` of ``q[K, N]`` (whole packing blocks when packed along K)."""
     fmt = formats.get(packing)
@@ -457,8 +462,7 @@ def _dequantize(qweight, scales, qzeros, g_idx, bits, group_size, packing, zero_
     temporaries stay in the cache; under ``torch.compile`` one functional expression is traced.
     """
     fmt = formats.get(packing)
-    if fmt.transposed:
-        scales = scales.t()
+    scales = logical_scales(scales, packing)
     same = out_dtype == scales.dtype
     compute = out_dtype if same else (torch.float64 if torch.float64 in (scales.dtype, out_dtype) else torch.float32)
     s = scales.to(compute)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import torch
 
 from incq._core import torch_backend as T
-from incq._core import formats
 from incq._core.formats import CANONICAL
 from incq._kernels.types import CpuLayout, TorchLayout, XpuLayout
 
@@ -36,10 +35,6 @@ def _gptq_raw(qweight, qzeros, bits, packing, zero_offset, k, n):
     zeros = None if qzeros is None else T.unpack_zeros(qzeros, bits, packing, zero_offset, n)
     return words, zeros
 
-
-def _logical_scales(scales, packing):
-    """Scales ``[G, N]`` (formats that store their transposes are read through a transpose)."""
-    return scales.t() if formats.get(packing).transposed else scales
 
 
 def _act_order(g_idx, k, group_size):
@@ -87,7 +82,7 @@ def cpu_misfit(qweight, scales, qzeros, g_idx, bits, group_size, packing, zero_o
 def make_xpu_layout(qweight, scales, qzeros, g_idx, bits, group_size, packing, zero_offset, shape) -> XpuLayout:
     k, n, _, groups = shape
     words, zeros = _gptq_raw(qweight, qzeros, bits, packing, zero_offset, k, n)
-    scales = _logical_scales(scales, packing)
+    scales = T.logical_scales(scales, packing)
     perm, _ = _act_order(g_idx, k, group_size)
     words = _sorted_rows(words, perm)
     device = words.device
@@ -110,7 +105,7 @@ def make_cpu_layout(qweight, scales, qzeros, g_idx, bits, group_size, packing, z
                              k, n)
     perm, _ = _act_order(None if g_idx is None else g_idx.to(cpu), k, group_size)
     words = _sorted_rows(words, perm)
-    scales = _logical_scales(scales, packing).to(cpu).contiguous()
+    scales = T.logical_scales(scales, packing).to(cpu).contiguous()
     codes = T.unpack(words, 4, 0, CANONICAL.weight_order)  # [K, N]
     weight = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes.t().to(torch.int32).contiguous(), 8)
     z = torch.full_like(scales, 8, dtype=torch.float32) if zeros is None else zeros.to(torch.float32)
