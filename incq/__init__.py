@@ -26,7 +26,7 @@ from ._tool.config import config_kwargs
 from ._errors import IncqError, IncqWarning
 from ._core.formats import FORMATS
 from ._core.bits import AWQ_ORDER, AWQ_REVERSE_ORDER
-from ._kernels.layouts import CpuLayout, TorchLayout, XpuLayout
+from ._kernels.types import CpuLayout, TorchLayout, XpuLayout
 
 __version__ = "0.1.0"
 

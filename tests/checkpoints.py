@@ -13,7 +13,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pytest
 from safetensors import safe_open
 from safetensors.numpy import save_file
 

@@ -77,7 +77,6 @@ def test_a_layer_in_float_on_one_side_is_a_mismatch(pair):
 
 def test_different_group_sizes_are_a_mismatch_even_with_equal_weights(tmp_path):
     layer = quantized_layer(4)  # group 32
-    a = save_checkpoint(tmp_path / "a", layer, gptq_config(4))
     scales = np.repeat(layer["x.scales"][::2], 2, axis=0)  # groups of 64 = pairs of equal groups of 32
     zeros = np.repeat(layer["x.qzeros"][::2], 2, axis=0)
     b = save_checkpoint(tmp_path / "b", {**layer, "x.scales": scales[::2].copy(), "x.qzeros": zeros[::2].copy()},

@@ -9,6 +9,7 @@ import warnings
 
 from incq._core import dispatch as _dispatch
 from incq._kernels import layouts as _layouts
+from incq._kernels.types import LAYOUTS
 from incq._core import validate as v
 from incq._errors import IncqWarning
 from incq._core.formats import AWQ, FORMATS, GPTQ
@@ -405,7 +406,7 @@ def w4a16_matmul(x, qweight, scales, qzeros=None, g_idx=None, bias=None, *, bits
     array([[ 4., 16.]], dtype=float32)
     """
     fn = "w4a16_matmul"
-    if isinstance(qweight, _layouts.LAYOUTS):
+    if isinstance(qweight, LAYOUTS):
         raise v.fail(fn, "qweight", "must be a layer's qweight (for a prepared layout call layout_matmul(x, layout, "
                                     "bias))", type(qweight).__name__)
     k, n, g, _ = v.check_layer(fn, qweight, scales, qzeros, g_idx, bits, group_size, packing, zero_offset, k)
@@ -433,7 +434,7 @@ def layout_matmul(x, layout, bias=None):
     tensor([16., 16., 16., 16.], dtype=torch.bfloat16)
     """
     fn = "layout_matmul"
-    if not isinstance(layout, _layouts.LAYOUTS):
+    if not isinstance(layout, LAYOUTS):
         raise v.fail(fn, "layout", "must be a layout from make_cpu_layout or make_xpu_layout (for a layer's "
                                    "tensors call w4a16_matmul)", v.describe(layout))
     return _layouts.matmul_with_layout(fn, x, layout, bias)

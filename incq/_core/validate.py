@@ -282,7 +282,7 @@ def check_layer(fn, qweight, scales, qzeros, g_idx, bits, group_size, packing, z
     qweight = check_packed(fn, "qweight", qweight, ndim=2)
     check_not_empty(fn, "qweight", qweight)
     scales = check_float(fn, "scales", scales, ndim=2)
-    values, words = values_per_block(bits, fmt.weight_order), words_per_block(bits, fmt.weight_order)
+    words = words_per_block(bits, fmt.weight_order)
     if fmt.partial:
         k, n = _layer_k(fn, fmt, qweight, scales, g_idx, bits, group_size, k)
     else:

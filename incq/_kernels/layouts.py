@@ -14,7 +14,7 @@ from incq._core import validate as v
 from incq._errors import IncqWarning
 from incq._core.formats import CANONICAL
 from incq._core.bits import logical_shape
-from incq._kernels.types import LAYOUTS, CpuLayout, TorchLayout, XpuLayout  # noqa: F401  (re-exported)
+from incq._kernels.types import TorchLayout
 
 
 

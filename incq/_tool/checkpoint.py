@@ -24,7 +24,7 @@ from incq._core.bridge import to_host
 from incq._tool.config import EXAMPLE_FORMATS, config_kwargs, example_config, layer_settings
 from incq._errors import IncqError
 from incq._core import formats as formats
-from incq._core.bits import logical_shape, packed_shape, scales_shape, values_per_block, words_per_block, zeros_shape
+from incq._core.bits import logical_shape, packed_shape, scales_shape, values_per_block, zeros_shape
 
 CONFIG_FILES = ("config.json", "quantization_config.json", "quantize_config.json")
 INDEX_FILE = "model.safetensors.index.json"
