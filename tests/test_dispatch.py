@@ -71,7 +71,7 @@ def test_environment_forces_a_backend_and_the_keyword_wins(monkeypatch):
 
 
 def test_unknown_backend_is_refused_by_name(monkeypatch):
-    with pytest.raises(incq.IncqError, match=r"^awq_to_gptq: backend must name one of 'numpy', 'torch', got 'jax'"):
+    with pytest.raises(incq.IncqError, match=r"^awq_to_gptq: backend must name one of 'numpy', 'torch', 'native', got 'jax'"):
         incq.awq_to_gptq(AWQ, backend="jax")
     monkeypatch.setenv("INCQ_BACKEND", "cupy")
     with pytest.raises(incq.IncqError, match=r"^awq_to_gptq: INCQ_BACKEND must name one of .*got 'cupy'"):

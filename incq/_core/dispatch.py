@@ -6,7 +6,7 @@ live on. Deciding never imports a framework: a torch tensor can only exist once 
 imported torch, so the check looks at ``sys.modules`` (as einops does).
 
 A ``backend=`` keyword, or else the ``INCQ_BACKEND`` environment variable, forces a backend:
-``"numpy"`` runs the golden on torch tensors (copied to the host and back, results on the
+``"native"`` the compiled kernels (CPU tensors), ``"numpy"`` runs the golden on torch tensors (copied to the host and back, results on the
 tensors' device) and ``"torch"`` runs the torch backend on NumPy arrays (on the CPU, results
 returned as NumPy arrays). Mixed NumPy / torch inputs, tensors on different devices, an unknown
 backend and one whose framework is not installed are refused with :class:`incq.IncqError`.
@@ -39,6 +39,26 @@ def _torch(fn: str, source: str, name: str):
     return _torch
 
 
+def _native(fn: str, source: str, name: str):
+    _torch(fn, source, name)
+    from incq import _native
+
+    if not _native.usable():
+        why = _native.missing_reason() or f"{_native.ENV} is {_native.OFF!r}"
+        raise fail(fn, source, f"names the compiled CPU kernels, which are not available ({why})", repr(name))
+    from incq._native import backend as _backend
+
+    return _backend
+
+
+def _native_runs_on(device) -> bool:
+    if device is None or device.type != "cpu":
+        return False
+    from incq import _native
+
+    return _native.usable()
+
+
 class Backend(NamedTuple):
     namespace: str  #: the array type it runs natively: "numpy" or "torch"
     load: Any  #: ``load(fn, source, name)`` -> the module (or adapter) with the backend's functions
@@ -49,10 +69,11 @@ class Backend(NamedTuple):
 BACKENDS = {
     "numpy": Backend("numpy", lambda fn, source, name: _golden(), lambda device: True),
     "torch": Backend("torch", _torch, lambda device: True),
+    "native": Backend("torch", _native, _native_runs_on),
 }
 #: array namespace -> backends that run its arrays natively, by preference; the first whose
 #: ``runs_on`` accepts the arrays' device is chosen
-PREFERENCE = {"numpy": ("numpy",), "torch": ("torch",)}
+PREFERENCE = {"numpy": ("numpy",), "torch": ("native", "torch")}
 
 
 def _bridge():

@@ -1,0 +1,25 @@
+"""The native backend: torch CPU tensors through the compiled kernels.
+
+A backend module like ``incq._core.torch_backend`` (the same functions and arguments, input
+already validated). Each function runs the compiled kernel for the cases it covers
+(:data:`COVERS` says which) and hands every other case to the torch backend, so a call never
+depends on which cases have a kernel. Outputs are new tensors; inputs are never written.
+"""
+
+from __future__ import annotations
+
+from incq._core import torch_backend as _torch
+from incq._native import layout_ops as _layout
+from incq._native import matmul_ops as _matmul
+
+#: operation -> the cases the compiled kernels run (everything else runs the torch backend)
+COVERS = {**_layout.COVERS, **_matmul.COVERS}
+
+_OWN = {name: getattr(_layout, name) for name in _layout.COVERS}
+_OWN.update({name: getattr(_matmul, name) for name in _matmul.COVERS})
+
+
+def __getattr__(name: str):
+    if name in _OWN:
+        return _OWN[name]
+    return getattr(_torch, name)
