@@ -39,6 +39,11 @@ CALLS = {
     "quantize": lambda: (incq.quantize, frozen(W), {"bits": 2, "group_size": 32, "sym": True}),
     "w4a16_matmul": lambda: (incq.w4a16_matmul, frozen(X, *AWQ, BIAS),
                              {"bits": 4, "group_size": 32, "packing": "awq"}),
+    "exact_gguf_type": lambda: (incq.exact_gguf_type, frozen(*GPTQ), {"bits": 4, "group_size": 32, "zero_offset": 1}),
+    "to_gguf_blocks": lambda: (incq.to_gguf_blocks, frozen(*AWQ),
+                               {"gguf_type": "q4_1", "bits": 4, "group_size": 32, "packing": "awq"}),
+    "from_gguf_blocks": lambda: (incq.from_gguf_blocks, frozen(incq.to_gguf_blocks(
+        *GPTQ, gguf_type="q5_0", group_size=32, zero_offset=1)), {"gguf_type": "q5_0"}),
 }
 
 

@@ -12,7 +12,7 @@ from incq._kernels import layouts as _layouts
 from incq._kernels.types import LAYOUTS
 from incq._core import validate as v
 from incq._errors import IncqWarning
-from incq._core.formats import AWQ, FORMATS, GPTQ
+from incq._core.formats import AWQ, CODE, DIFFERENCE, FORMATS, GGUF_EXACT, GGUF_TYPES, GPTQ
 from incq._core.bits import values_per_block, words_for, words_per_block
 from incq._kernels.layouts import make_cpu_layout, make_xpu_layout
 
@@ -440,6 +440,106 @@ def layout_matmul(x, layout, bias=None):
     return _layouts.matmul_with_layout(fn, x, layout, bias)
 
 
+def _gguf_layer(fn, qweight, scales, qzeros, g_idx, bits, group_size, packing, zero_offset, k, backend):
+    """A validated GGUF layer: ((K, N, group size, G), the backend for its arrays)."""
+    shape = v.check_gguf_layer(fn, qweight, scales, qzeros, g_idx, bits, group_size, packing, zero_offset, k)
+    chosen = _dispatch.backend_for(fn, dict(qweight=qweight, scales=scales, qzeros=qzeros, g_idx=g_idx), backend)
+    return shape, chosen
+
+
+def exact_gguf_type(qweight, scales, qzeros=None, g_idx=None, *, bits=4, group_size=128, packing="gptq",
+                    zero_offset=0, k=None, backend=None):
+    """The smallest GGUF block type that holds a checkpoint layer exactly: ``"q4_0"`` when every
+    ``q - z`` lies in ``[-8, 7]`` (4-bit symmetric, 3- and 2-bit), ``"q5_0"`` for ``[-16, 15]``
+    (4-bit asymmetric), ``"q8_0"`` for ``[-128, 127]`` (8-bit symmetric). The layer arguments are
+    those of :func:`dequantize`. Raises :class:`incq.IncqError` when no type holds it: K not a
+    multiple of 32, a run of 32 rows along K spanning two groups (act-order, group sizes that are
+    not multiples of 32), scales float16 cannot hold exactly (``specs/gguf.md``), or ``q - z``
+    outside ``[-128, 127]``.
+
+    >>> import numpy as np, incq
+    >>> w = np.random.default_rng(0).standard_normal((64, 8)).astype(np.float16)
+    >>> incq.exact_gguf_type(*incq.quantize(w, bits=4, group_size=32, sym=True), group_size=32)
+    'q4_0'
+    >>> incq.exact_gguf_type(*incq.quantize(w, bits=4, group_size=32, sym=False), group_size=32)
+    'q5_0'
+    """
+    fn = "exact_gguf_type"
+    (_, _, g, _), chosen = _gguf_layer(fn, qweight, scales, qzeros, g_idx, bits, group_size, packing, zero_offset, k,
+                                       backend)
+    lo, hi = chosen.gguf_range(qweight, scales, qzeros, g_idx, int(bits), g, packing, int(zero_offset), DIFFERENCE)
+    for t in GGUF_EXACT:
+        if t.low <= lo and hi <= t.high:
+            return t.name
+    widest = GGUF_EXACT[-1]
+    raise v.fail(fn, "qzeros", f"must give codes q - z within [{widest.low}, {widest.high}] for a GGUF type to hold "
+                               "them exactly", f"q - z in [{lo}, {hi}]")
+
+
+def to_gguf_blocks(qweight, scales, qzeros=None, g_idx=None, *, gguf_type, bits=4, group_size=128, packing="gptq",
+                   zero_offset=0, k=None, backend=None):
+    """A checkpoint layer as llama.cpp's GGUF blocks: uint8 ``[N, K / 32 * B]``, the bytes of
+    the GGUF tensor (a torch weight ``[N, K]``, ``ne = [K, N]``: row n holds output feature n,
+    its ``K / 32`` blocks of ``B`` bytes along K). The layer arguments are those of
+    :func:`dequantize` (any format, v1 or raw zeros, any ``bits`` the type holds).
+
+    ==========  =======  ====================================  ===============================
+    gguf_type   B bytes  element (per block: d = s as float16)  the layer it holds
+    ==========  =======  ====================================  ===============================
+    "q4_0"      18       ``q - z + 8``, nibbles                 exactly: ``q - z`` in [-8, 7]
+    "q5_0"      22       ``q - z + 16``, 5 bits                 exactly: ``q - z`` in [-16, 15]
+    "q8_0"      34       ``q - z``, int8                        exactly: ``q - z`` in [-128, 127]
+    "q4_1"      20       ``q``, nibbles; m = -s z as float16    ``q`` in [0, 15], within 2^-7 |s|
+    ==========  =======  ====================================  ===============================
+
+    Nibbles: byte ``i`` of a block's 16 holds element ``i`` low and element ``i + 16`` high
+    (``specs/gguf.md``). Refuses what the type cannot hold (see :func:`exact_gguf_type`), naming
+    the argument. ``from_gguf_blocks(to_gguf_blocks(...))`` equals ``dequantize`` with float32
+    scales bit for bit for the exact types.
+
+    >>> import numpy as np, incq
+    >>> qweight = incq.pack(np.arange(32).reshape(32, 1) % 16, 4)        # q[k] = k % 16, K = 32, N = 1
+    >>> scales = np.array([[0.5]], dtype=np.float16)                     # symmetric: z = 8
+    >>> blocks = incq.to_gguf_blocks(qweight, scales, gguf_type="q4_0", group_size=32)
+    >>> blocks.shape, blocks[0, :6].tolist()                            # d = 0x3800, then q[i] | q[i+16] << 4
+    ((1, 18), [0, 56, 0, 17, 34, 51])
+    """
+    fn = "to_gguf_blocks"
+    gguf_type = v.check_gguf_type(fn, gguf_type)
+    t = GGUF_TYPES[gguf_type]
+    (_, _, g, _), chosen = _gguf_layer(fn, qweight, scales, qzeros, g_idx, bits, group_size, packing, zero_offset, k,
+                                       backend)
+    if v.has_values(qweight):
+        lo, hi = chosen.gguf_range(qweight, scales, qzeros, g_idx, int(bits), g, packing, int(zero_offset), t.stores)
+        if lo < t.low or hi > t.high:
+            what = "q - z" if t.stores == DIFFERENCE else "codes q"
+            raise v.fail(fn, "gguf_type", f"{gguf_type!r} stores {what} in [{t.low}, {t.high}] only; pick another "
+                                          f"(incq.exact_gguf_type)", f"{what} in [{lo}, {hi}]")
+    if t.stores == CODE and v.has_values(scales):
+        largest = float(abs(scales).max()) * ((1 << int(bits)) - 1)
+        if largest > v.FLOAT16_MAX:
+            raise v.fail(fn, "scales", f"must keep -s * z within float16 for {gguf_type!r} (its minimum m is float16)",
+                         f"|s| up to {largest / ((1 << int(bits)) - 1)!r}")
+    return chosen.to_gguf_blocks(qweight, scales, qzeros, g_idx, int(bits), g, packing, int(zero_offset), gguf_type)
+
+
+def from_gguf_blocks(blocks, gguf_type, *, backend=None):
+    """GGUF blocks uint8 ``[N, K / 32 * B]`` of ``gguf_type`` -> the weight they dequantize to,
+    float32 ``W [K, N]`` (incq's orientation: the transpose of llama.cpp's rows), as llama.cpp
+    and the gguf package compute it: ``(e - 8) d``, ``(e - 16) d``, ``e d`` or ``e d + m``, each
+    exact in float32.
+
+    >>> import numpy as np, incq
+    >>> block = np.array([[0x00, 0x38] + [0x8F] * 16], dtype=np.uint8)   # d = 0.5; e = 15 (k < 16), 8
+    >>> incq.from_gguf_blocks(block, "q4_0")[[0, 16], 0]
+    array([3.5, 0. ], dtype=float32)
+    """
+    fn = "from_gguf_blocks"
+    gguf_type = v.check_gguf_type(fn, gguf_type)
+    blocks = v.check_gguf_blocks(fn, blocks, gguf_type)
+    return _dispatch.backend_for(fn, {"blocks": blocks}, backend).from_gguf_blocks(blocks, gguf_type)
+
+
 __all__ = [
     "pack",
     "unpack",
@@ -457,4 +557,7 @@ __all__ = [
     "layout_matmul",
     "make_xpu_layout",
     "make_cpu_layout",
+    "exact_gguf_type",
+    "to_gguf_blocks",
+    "from_gguf_blocks",
 ]

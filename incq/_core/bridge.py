@@ -22,7 +22,7 @@ from incq._core import golden as _golden
 #: the functions every backend module provides
 FUNCTIONS = (
     "pack", "unpack", "awq_to_gptq", "gptq_to_awq", "unpack_zeros", "pack_zeros", "dequantize", "quantize",
-    "w4a16_matmul", "count_equal", "first_index_equal", "maximum",
+    "w4a16_matmul", "count_equal", "first_index_equal", "maximum", "gguf_range", "to_gguf_blocks", "from_gguf_blocks",
 )
 
 
@@ -53,7 +53,7 @@ def _golden_call(name: str):
             if not isinstance(r, np.ndarray):
                 return r
             t = torch.from_numpy(np.ascontiguousarray(r)).to(device)
-            return t.to(floating) if t.is_floating_point() else t
+            return t.to(floating) if t.is_floating_point() and floating is not None else t
 
         extra = {"scale_dtype": "bfloat16"} if name == "quantize" and floating == torch.bfloat16 else {}
         return _map(getattr(_golden, name)(*map(to_host, args), **extra), to_device)

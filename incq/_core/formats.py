@@ -109,3 +109,42 @@ def compressed_tensors_packing(words: int, k: int, bits: int) -> str:
         return COMPRESSED_TENSORS.name
     raise ValueError(f"{words} words hold neither the dense ({dense}) nor the padded ({padded}) layout of {k} "
                      f"{bits}-bit codes")
+
+
+# --------------------------------------------------------------------------- GGUF block types
+#
+# llama.cpp's GGUF files hold a quantized weight [N, K] (ne = [K, N]) as rows of N, each row a
+# run of 32-element blocks along K (specs/gguf.md). Some block types hold group-quantized
+# codes exactly; they are described here, once, like the packed formats above.
+
+#: elements per GGUF block, along K
+GGUF_BLOCK = 32
+
+
+class GgufType(NamedTuple):
+    name: str  #: the type's name, lower case (llama.cpp's ``Q4_0`` is ``"q4_0"``)
+    title: str  #: for messages and reports
+    block_bytes: int  #: bytes per block of 32 elements
+    #: what a block stores per element: ``"difference"`` (q - z, shifted by ``-low`` into an
+    #: unsigned field, or int8) with one scale d; ``"code"`` (q itself) with d and a minimum m
+    stores: str
+    low: int  #: the smallest q - z (``"difference"``) or q (``"code"``) the type can store
+    high: int  #: the largest
+    exact: bool  #: whether every layer it holds dequantizes to the same numbers
+
+
+#: the block field: ``"difference"`` types store q - z and one scale per block
+DIFFERENCE, CODE = "difference", "code"
+
+Q4_0 = GgufType("q4_0", "Q4_0", 18, DIFFERENCE, -8, 7, True)
+Q5_0 = GgufType("q5_0", "Q5_0", 22, DIFFERENCE, -16, 15, True)
+Q8_0 = GgufType("q8_0", "Q8_0", 34, DIFFERENCE, -128, 127, True)
+#: codes 0..15, d = s, m = -s * z rounded to float16: within 2^-7 |s| of the source
+Q4_1 = GgufType("q4_1", "Q4_1", 20, CODE, 0, 15, False)
+
+#: every GGUF block type incq writes, by name; the exact ones smallest first
+GGUF_TYPES: Mapping[str, GgufType] = MappingProxyType({t.name: t for t in (Q4_0, Q5_0, Q8_0, Q4_1)})
+#: the exact types in the order a conversion tries them (fewest bits per weight first)
+GGUF_EXACT = (Q4_0, Q5_0, Q8_0)
+#: the ``--to`` name of a GGUF model file
+GGUF = "gguf"

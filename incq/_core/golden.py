@@ -296,3 +296,24 @@ def first_index_equal(a: np.ndarray, value: int) -> tuple[int, ...]:
 
 def maximum(a: np.ndarray, value: int) -> np.ndarray:
     return np.maximum(a, value).astype(a.dtype)
+
+
+# --------------------------------------------------------------------------- GGUF blocks (incq._core.gguf)
+
+
+def gguf_range(*args):
+    from incq._core import gguf as _gguf
+
+    return _gguf.gguf_range(*args)
+
+
+def to_gguf_blocks(*args):
+    from incq._core import gguf as _gguf
+
+    return _gguf.to_gguf_blocks(*args)
+
+
+def from_gguf_blocks(*args):
+    from incq._core import gguf as _gguf
+
+    return _gguf.from_gguf_blocks(*args)

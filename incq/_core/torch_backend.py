@@ -575,3 +575,24 @@ def first_index_equal(a: torch.Tensor, value: int) -> tuple[int, ...]:
 
 def maximum(a: torch.Tensor, value: int) -> torch.Tensor:
     return a.clamp(min=value)
+
+
+# --------------------------------------------------------------------------- GGUF blocks (incq._core.gguf_torch)
+
+
+def gguf_range(*args):
+    from incq._core import gguf_torch as _gguf
+
+    return _gguf.gguf_range(*args)
+
+
+def to_gguf_blocks(*args):
+    from incq._core import gguf_torch as _gguf
+
+    return _gguf.to_gguf_blocks(*args)
+
+
+def from_gguf_blocks(*args):
+    from incq._core import gguf_torch as _gguf
+
+    return _gguf.from_gguf_blocks(*args)

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from incq._errors import IncqError
-from incq._core.formats import AWQ, FORMATS, INTERLEAVED, ORDERS
+from incq._core.formats import AWQ, FORMATS, GGUF_BLOCK, GGUF_TYPES, INTERLEAVED, ORDERS
 from incq._core.bits import logical_shape, scales_shape, values_per_block, words_for, words_per_block, zeros_shape
 
 #: every code width some format holds
@@ -309,3 +309,60 @@ def check_layer(fn, qweight, scales, qzeros, g_idx, bits, group_size, packing, z
         if lo < 0 or hi >= groups:
             raise fail(fn, "g_idx", f"must hold group indices in [0, {groups - 1}]", f"value {lo if lo < 0 else hi}")
     return k, n, g, groups
+
+
+# --------------------------------------------------------------------------- GGUF blocks
+
+#: the largest finite float16
+FLOAT16_MAX = 65504.0
+
+
+def check_gguf_type(fn: str, gguf_type: Any) -> str:
+    return check_str_choice(fn, "gguf_type", gguf_type, tuple(GGUF_TYPES))
+
+
+def check_gguf_layer(fn, qweight, scales, qzeros, g_idx, bits, group_size, packing, zero_offset, k=None):
+    """A layer that GGUF blocks can hold: :func:`check_layer`, K a multiple of 32, every run of
+    32 rows along K (one block) in one group, scales exact in float16. Returns (K, N, g, G)."""
+    k, n, g, groups = check_layer(fn, qweight, scales, qzeros, g_idx, bits, group_size, packing, zero_offset, k)
+    if k % GGUF_BLOCK:
+        raise fail(fn, "qweight", f"must hold a weight whose K is a multiple of {GGUF_BLOCK} (a GGUF block holds "
+                                  f"{GGUF_BLOCK} weights along K)", f"K x N = {k} x {n}")
+    if g_idx is None and g % GGUF_BLOCK:
+        raise fail(fn, "group_size", f"must be a multiple of {GGUF_BLOCK} (each GGUF block of {GGUF_BLOCK} weights "
+                                     "along K has one scale)", g)
+    if g_idx is not None and has_values(g_idx):
+        xp = np if isinstance(g_idx, np.ndarray) else torch_module()
+        runs = g_idx.reshape(-1, GGUF_BLOCK)
+        mixed = xp.argwhere((runs != runs[:, :1]).any(1))
+        if len(mixed):
+            b = int(mixed[0][0])
+            seen = sorted({int(v) for v in runs[b].tolist()})
+            raise fail(fn, "g_idx", f"must give every run of {GGUF_BLOCK} rows along K (a GGUF block, one scale) a "
+                                    f"single group (act-order, or groups not a multiple of {GGUF_BLOCK}, mixes them)",
+                       f"rows {b * GGUF_BLOCK}..{b * GGUF_BLOCK + GGUF_BLOCK - 1} in groups {seen[:4]}"
+                       + (" ..." if len(seen) > 4 else ""))
+    if has_values(scales):
+        if isinstance(scales, np.ndarray):
+            exact = scales.astype(np.float16).astype(scales.dtype) == scales
+        else:
+            torch = torch_module()
+            exact = scales.to(torch.float16).to(scales.dtype) == scales
+        if not bool(exact.all()):
+            xp = np if isinstance(scales, np.ndarray) else torch_module()
+            first = tuple(int(i) for i in xp.argwhere(~exact)[0])
+            raise fail(fn, "scales", f"must be exactly representable in float16 (a GGUF block stores its scale d "
+                                     f"as float16; {describe(scales)})", f"{scales[first].item()!r} at index {first}")
+    return k, n, g, groups
+
+
+def check_gguf_blocks(fn: str, blocks: Any, gguf_type: str) -> Any:
+    blocks = check_array(fn, "blocks", blocks, ndim=2)
+    uint8 = np.uint8 if isinstance(blocks, np.ndarray) else torch_module().uint8
+    if blocks.dtype != uint8:
+        raise fail(fn, "blocks", "must be uint8 bytes [N, K / 32 * block bytes]", describe(blocks))
+    width = GGUF_TYPES[gguf_type].block_bytes
+    if blocks.shape[0] == 0 or blocks.shape[1] == 0 or blocks.shape[1] % width:
+        raise fail(fn, "blocks", f"must have a positive number of rows and of {gguf_type} blocks ({width} bytes "
+                                 "each) per row", describe(blocks))
+    return blocks
