@@ -72,6 +72,8 @@ def _through(backend):
     def back(r):
         if isinstance(r, tuple):
             return tuple(back(x) for x in r)
+        if isinstance(r, str):  # a name (exact_gguf_type)
+            return r
         assert isinstance(r, torch.Tensor) and r.device.type == device, f"{backend} returned {type(r)}"
         return r.cpu().numpy()
 

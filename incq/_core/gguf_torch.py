@@ -32,9 +32,15 @@ def gguf_range(qweight, scales, qzeros, g_idx, bits, group_size, packing, zero_o
     return int(lo), int(hi)
 
 
+def _flat(x: torch.Tensor) -> torch.Tensor:
+    """``x`` as a 1-d contiguous tensor (standard strides, which viewing as another width needs;
+    torch calls size-1 dimensions contiguous whatever their strides)."""
+    return x.contiguous().view(-1)
+
+
 def _half_bytes(x: torch.Tensor) -> torch.Tensor:
     """float16 ``[..., B]`` -> its bytes ``[..., B, 2]`` (little-endian, as every torch device)."""
-    return x.contiguous().view(torch.uint8).reshape(*x.shape, 2)
+    return _flat(x).view(torch.uint8).reshape(*x.shape, 2)
 
 
 def _nibbles(e: torch.Tensor) -> torch.Tensor:
@@ -75,11 +81,11 @@ def from_gguf_blocks(blocks, gguf_type):
     x = blocks.reshape(n, -1, t.block_bytes)
 
     def half(a):
-        return a.contiguous().view(torch.float16).to(torch.float32)
+        return _flat(a).view(torch.float16).to(torch.float32).view(*a.shape[:-1], 1)
 
     d = half(x[..., 0:2])
     if t is formats.Q8_0:
-        w = x[..., 2:].contiguous().view(torch.int8).to(torch.float32) * d
+        w = _flat(x[..., 2:]).view(torch.int8).view(x[..., 2:].shape).to(torch.float32) * d
     else:
         qs = x[..., -16:]
         e = torch.cat([qs & 0x0F, qs >> 4], dim=-1)

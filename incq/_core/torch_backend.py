@@ -44,10 +44,12 @@ def _compiling() -> bool:
 
 
 def _as_3d(x: torch.Tensor, axis: int) -> tuple[torch.Tensor, int, int]:
-    """View ``x`` as ``[pre, length, post]`` around ``axis`` (contiguous)."""
+    """View ``x`` as ``[pre, length, post]`` around ``axis`` (contiguous, with the standard
+    strides: torch calls a tensor with size-1 dimensions contiguous whatever their strides, and
+    viewing int32 words as bytes needs a last stride of 1)."""
     pre = math.prod(x.shape[:axis])
     post = math.prod(x.shape[axis + 1 :])
-    return x.contiguous().view(pre, x.shape[axis], post), pre, post
+    return x.contiguous().view(-1).view(pre, x.shape[axis], post), pre, post
 
 
 def _slot_view(codes: torch.Tensor, order: str) -> torch.Tensor:
