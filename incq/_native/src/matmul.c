@@ -1,6 +1,399 @@
-/* Fused W4A16 matmul kernels. */
+/* Fused W4A16 matmul: y[M, N] = x[M, K] @ W[K, N] (+ bias), W = (q - z) * s never formed.
+ *
+ * Weights: GPTQ words qweight int32 [K/8, N], word (r, n) holding q[8r + i, n] in bits
+ * 4i .. 4i + 3 (rows already in group order: act-order permutes x's columns beforehand).
+ * Scales s [G, N] (float32, float16 or bfloat16), zero points raw GPTQ words qzeros int32
+ * [G, N/8] (z[g, n] in bits 4 (n % 8) of word (g, n / 8)) or none (z = 8). Row k belongs to
+ * group k / group_size; group_size is a multiple of 8.
+ *
+ * Per group the kernels accumulate A[m, n] = sum_k x[m, k] * (q[k, n] + c) over the group's
+ * rows, with the decoded weight offset by a constant c that makes decoding cheap, and add
+ *     s[g, n] * (A[m, n] - (z[g, n] + c) * X[m, g]),   X[m, g] = sum over the group of x[m, k]
+ * to the output: the same sum as x @ ((q - z) * s), associated differently (specs/kernels.md
+ * states the tolerance).
+ *
+ *   avx512bf16  x rounded to bfloat16 (float32 x runs the avx512 kernel); each 32-bit lane of a
+ *               word vector becomes two bfloat16 weights by (w >> 4p) & 0x000F000F | 0x43004300,
+ *               i.e. 128 + q for rows 8r + p and 8r + p + 4 (c = 128, exact in bfloat16), and
+ *               VDPBF16PS multiplies them with the matching pair of x values, accumulating in
+ *               float32;
+ *   avx512      float32 FMAs; a nibble becomes q - 8 by a 16-entry table lookup (VPERMPS reads
+ *               the low four bits of each lane, so no mask is needed; c = -8);
+ *   avx2, portable  the same loop in C (float32, c = 0), vectorized by the compiler for AVX2
+ *               and for the baseline instruction set.
+ */
 #include "incq_native.h"
 
+#include <stdlib.h>
+
+#define TILE 64 /* output columns a kernel call keeps in registers (four vectors of 16) */
+#define MR 4    /* rows of x handled together */
+#ifndef PREFETCH
+#define PREFETCH 256 /* words ahead in a row of words that the kernels prefetch */
+#endif
+
+typedef struct {
+    const void *x; /* [M, K] with row stride x_ld */
+    int x_dtype;
+    int64_t m, k, n, x_ld;
+    const int32_t *qweight;   /* [K/8, N] */
+    const void *scales;       /* [G, N] */
+    int s_dtype;
+    const int32_t *qzeros;    /* [G, N/8] or NULL */
+    uint32_t zero_add;        /* added to each zero word first: 0x11111111 decodes v1 (z - 1) words */
+    int zeros_awq;            /* zero words in AWQ nibble order (value j in slot AWQ_SLOT[j]) */
+    int64_t group_size, groups;
+    const void *bias;         /* [N] or NULL */
+    int bias_dtype;
+    void *out;                /* [M, N] */
+    int out_dtype;
+    /* prepared once per call */
+    const uint32_t *xpairs;   /* bf16 kernels: [M, K/2] pairs (x[8r + p], x[8r + p + 4]) */
+    const float *xf;          /* float kernels: [M, K] x as float32 */
+    const float *xsum;        /* [M, G] sums over each group of the x the kernel multiplies */
+    float *y;                 /* [M, N] float32 scratch, zeroed: the output before rounding */
+} gemm_args;
+
+/* ------------------------------------------------------------------ shared scalar parts */
+
+/* slot of value j in an AWQ word: AWQ_ORDER = [0, 2, 4, 6, 1, 3, 5, 7] inverted */
+static const int AWQ_SLOT[8] = {0, 4, 1, 5, 2, 6, 3, 7};
+
+static inline float zero_point(const gemm_args *a, int64_t g, int64_t n) {
+    if (!a->qzeros) return 8.0f;
+    uint32_t w = (uint32_t)a->qzeros[g * (a->n / 8) + n / 8] + a->zero_add;
+    int slot = a->zeros_awq ? AWQ_SLOT[n % 8] : (int)(n % 8);
+    return (float)((w >> (4 * slot)) & 15u);
+}
+
+static inline void store_float(void *out, int dt, int64_t i, float v) {
+    switch (dt) {
+    case INCQ_F32: ((float *)out)[i] = v; break;
+    case INCQ_BF16: ((uint16_t *)out)[i] = incq_f32_to_bf16(v); break;
+    default: ((uint16_t *)out)[i] = incq_f32_to_f16(v); break;
+    }
+}
+
+/* ------------------------------------------------------------------ C kernel (avx2, portable) */
+
+/* Microkernels: group g of the tile of columns n0 .. n0 + cols (<= TILE) for rows
+ * m0 .. m0 + R (R <= MR), adding s * (A - (z + c) * X) into y (float32, row stride ys). */
+#define C_TILE_BODY                                                                               \
+    float acc[MR * TILE], zc[TILE], sc[TILE];                                                     \
+    memset(acc, 0, sizeof acc);                                                                   \
+    const int64_t per = a->group_size / 8;                                                        \
+    for (int64_t r = g * per; r < (g + 1) * per; r++) {                                           \
+        const int32_t *wrow = a->qweight + r * a->n + n0;                                         \
+        for (int i = 0; i < 8; i++) {                                                             \
+            float w[TILE];                                                                        \
+            for (int64_t j = 0; j < TILE; j++)                                                    \
+                w[j] = j < cols ? (float)(((uint32_t)wrow[j] >> (4 * i)) & 15u) : 0.0f;           \
+            for (int64_t mi = 0; mi < rows; mi++) {                                               \
+                const float xv = a->xf[(m0 + mi) * a->k + 8 * r + i];                             \
+                float *ac = acc + mi * TILE;                                                      \
+                for (int64_t j = 0; j < TILE; j++) ac[j] += xv * w[j];                            \
+            }                                                                                     \
+        }                                                                                         \
+    }                                                                                             \
+    for (int64_t j = 0; j < cols; j++) {                                                          \
+        zc[j] = zero_point(a, g, n0 + j);                                                         \
+        sc[j] = incq_load_float(a->scales, a->s_dtype, g * a->n + n0 + j);                        \
+    }                                                                                             \
+    for (int64_t mi = 0; mi < rows; mi++) {                                                       \
+        const float xs = a->xsum[(m0 + mi) * a->groups + g];                                      \
+        for (int64_t j = 0; j < cols; j++) y[mi * ys + j] += sc[j] * (acc[mi * TILE + j] - zc[j] * xs); \
+    }
+
+static void tile_portable(const gemm_args *a, int64_t g, int64_t m0, int64_t rows, int64_t n0, int64_t cols,
+                          float *y, int64_t ys) {
+    C_TILE_BODY
+}
+
+#if INCQ_X86
+INCQ_TARGET_AVX2 static void tile_avx2(const gemm_args *a, int64_t g, int64_t m0, int64_t rows, int64_t n0,
+                                       int64_t cols, float *y, int64_t ys) {
+    C_TILE_BODY
+}
+
+/* ------------------------------------------------------------------ AVX-512 helpers */
+
+/* z[g, n .. n + 16] + c as float (n a multiple of 16), masked lanes 0 */
+INCQ_TARGET_AVX512 static inline __m512 zero_vector(const gemm_args *a, int64_t g, int64_t n, __mmask16 mask,
+                                                    float c) {
+    if (!a->qzeros) return _mm512_set1_ps(8.0f + c);
+    const int32_t *zw = a->qzeros + g * (a->n / 8) + n / 8;
+    int64_t words = (a->n / 8) - n / 8; /* words left in the row */
+    __m512i both = _mm512_set1_epi32((int32_t)((uint32_t)zw[0] + a->zero_add));
+    if (words > 1) both = _mm512_mask_set1_epi32(both, 0xff00, (int32_t)((uint32_t)zw[1] + a->zero_add));
+    const __m512i shifts = a->zeros_awq
+        ? _mm512_set_epi32(28, 12, 24, 8, 20, 4, 16, 0, 28, 12, 24, 8, 20, 4, 16, 0)
+        : _mm512_set_epi32(28, 24, 20, 16, 12, 8, 4, 0, 28, 24, 20, 16, 12, 8, 4, 0);
+    __m512i z = _mm512_and_si512(_mm512_srlv_epi32(both, shifts), _mm512_set1_epi32(15));
+    return _mm512_maskz_add_ps(mask, _mm512_cvtepi32_ps(z), _mm512_set1_ps(c));
+}
+
+INCQ_TARGET_AVX512 static inline __m512 scale_vector(const gemm_args *a, int64_t g, int64_t n, __mmask16 mask) {
+    const int64_t at = g * a->n + n;
+    switch (a->s_dtype) {
+    case INCQ_F32: return _mm512_maskz_loadu_ps(mask, (const float *)a->scales + at);
+    case INCQ_BF16: {
+        __m256i h = _mm256_maskz_loadu_epi16(mask, (const uint16_t *)a->scales + at);
+        return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+    }
+    default: return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, (const uint16_t *)a->scales + at));
+    }
+}
+
+static inline __mmask16 lane_mask(int64_t cols, int v) {
+    int64_t left = cols - 16 * v;
+    return left >= 16 ? (__mmask16)0xffff : left <= 0 ? (__mmask16)0 : (__mmask16)((1u << left) - 1);
+}
+
+/* Independent accumulator chains per output vector: two for a single row (to hide the
+ * latency of the multiply-add), one when several rows interleave. */
+#define PAR(R) ((R) == 1 ? 2 : 1)
+
+/* y[mi][v] += s * (A - zc * X), A the sum of the vector's chains */
+#define EPILOGUE(C, R)                                                                            \
+    for (int v = 0; v < 4; v++) {                                                                 \
+        if (!mk[v]) continue;                                                                     \
+        const __m512 s = scale_vector(a, g, n0 + 16 * v, mk[v]);                                  \
+        const __m512 zc = zero_vector(a, g, n0 + 16 * v, mk[v], C);                               \
+        for (int mi = 0; mi < R; mi++) {                                                          \
+            const __m512 xs = _mm512_set1_ps(a->xsum[(m0 + mi) * a->groups + g]);                 \
+            float *yp = y + mi * ys + 16 * v;                                                     \
+            __m512 sum = acc[mi][v][0];                                                           \
+            if (PAR(R) > 1) sum = _mm512_add_ps(sum, acc[mi][v][PAR(R) - 1]);                     \
+            __m512 t = _mm512_fnmadd_ps(zc, xs, sum);                                             \
+            _mm512_mask_storeu_ps(yp, mk[v], _mm512_fmadd_ps(s, t, _mm512_maskz_loadu_ps(mk[v], yp))); \
+        }                                                                                         \
+    }
+
+#define TILE_PROLOGUE(R)                                                                          \
+    __mmask16 mk[4];                                                                              \
+    for (int v = 0; v < 4; v++) mk[v] = lane_mask(cols, v);                                       \
+    __m512 acc[R][4][PAR(R)];                                                                     \
+    for (int mi = 0; mi < R; mi++)                                                                \
+        for (int v = 0; v < 4; v++)                                                               \
+            for (int c = 0; c < PAR(R); c++) acc[mi][v][c] = _mm512_setzero_ps();                 \
+    const int64_t per = a->group_size / 8;
+
+/* ------------------------------------------------------------------ AVX-512 float32 kernel */
+
+/* c += d * broadcast *xp, the broadcast in the memory operand (see BF16_DOT) */
+#define F32_FMA(c, d, xp) __asm__("vfmadd231ps %2%{1to16%}, %1, %0" : "+v"(c) : "v"(d), "m"(*(xp)))
+
+#define F32_TILE(R)                                                                               \
+    INCQ_TARGET_AVX512 static void tile_avx512_##R(const gemm_args *a, int64_t g, int64_t m0,     \
+                                                   int64_t n0, int64_t cols, float *y, int64_t ys) { \
+        const __m512 lut = _mm512_setr_ps(-8, -7, -6, -5, -4, -3, -2, -1, 0, 1, 2, 3, 4, 5, 6, 7); \
+        TILE_PROLOGUE(R)                                                                          \
+        for (int64_t r = g * per; r < (g + 1) * per; r++) {                                       \
+            const int32_t *wrow = a->qweight + r * a->n + n0;                                     \
+            const float *xr = a->xf + m0 * a->k + 8 * r;                                          \
+            _mm_prefetch((const char *)(wrow + PREFETCH), _MM_HINT_T0);                             \
+            _mm_prefetch((const char *)(wrow + PREFETCH + 16), _MM_HINT_T0);                        \
+            _mm_prefetch((const char *)(wrow + PREFETCH + 32), _MM_HINT_T0);                        \
+            _mm_prefetch((const char *)(wrow + PREFETCH + 48), _MM_HINT_T0);                        \
+            for (int v = 0; v < 4; v++) {                                                         \
+                const __m512i w = _mm512_maskz_loadu_epi32(mk[v], wrow + 16 * v);                 \
+                for (int i = 0; i < 8; i += 2) {                                                  \
+                    const __m512 d0 = _mm512_permutexvar_ps(_mm512_srli_epi32(w, 4 * i), lut);    \
+                    const __m512 d1 = _mm512_permutexvar_ps(_mm512_srli_epi32(w, 4 * i + 4), lut); \
+                    for (int mi = 0; mi < R; mi++) {                                              \
+                        __m512 *c = acc[mi][v];                                                   \
+                        F32_FMA(c[0], d0, xr + mi * a->k + i);                                    \
+                        F32_FMA(c[PAR(R) - 1], d1, xr + mi * a->k + i + 1);                       \
+                    }                                                                             \
+                }                                                                                 \
+            }                                                                                     \
+        }                                                                                         \
+        EPILOGUE(-8.0f, R)                                                                        \
+    }
+
+F32_TILE(1)
+F32_TILE(2)
+F32_TILE(3)
+F32_TILE(4)
+
+/* ------------------------------------------------------------------ AVX-512 BF16 kernel */
+
+/* c += dot(p, broadcast *xp) with the broadcast folded into the instruction's memory operand:
+ * written in assembly because compilers hoist the broadcasts out of the loop over vectors
+ * and then run out of registers for the accumulators. */
+#define BF16_DOT(c, p, xp) __asm__("vdpbf16ps %2%{1to16%}, %1, %0" : "+v"(c) : "v"(p), "m"(*(xp)))
+
+#define BF16_TILE(R)                                                                              \
+    INCQ_TARGET_AVX512BF16 static void tile_bf16_##R(const gemm_args *a, int64_t g, int64_t m0,   \
+                                                     int64_t n0, int64_t cols, float *y, int64_t ys) { \
+        const __m512i nib = _mm512_set1_epi32(0x000F000F), bias = _mm512_set1_epi32(0x43004300); \
+        TILE_PROLOGUE(R)                                                                          \
+        const int64_t half = a->k / 2;                                                            \
+        for (int64_t r = g * per; r < (g + 1) * per; r++) {                                       \
+            const int32_t *wrow = a->qweight + r * a->n + n0;                                     \
+            const uint32_t *xp = a->xpairs + m0 * half + 4 * r;                                   \
+            _mm_prefetch((const char *)(wrow + PREFETCH), _MM_HINT_T0);                             \
+            _mm_prefetch((const char *)(wrow + PREFETCH + 16), _MM_HINT_T0);                        \
+            _mm_prefetch((const char *)(wrow + PREFETCH + 32), _MM_HINT_T0);                        \
+            _mm_prefetch((const char *)(wrow + PREFETCH + 48), _MM_HINT_T0);                        \
+            for (int v = 0; v < 4; v++) {                                                         \
+                const __m512i w = _mm512_maskz_loadu_epi32(mk[v], wrow + 16 * v);                 \
+                /* (w >> 4p) & 0x000F000F | 0x43004300: bfloat16 128 + q, rows 8r+p, 8r+p+4 */     \
+                const __m512i p0 = _mm512_ternarylogic_epi32(w, nib, bias, 0xEA);                 \
+                const __m512i p1 = _mm512_ternarylogic_epi32(_mm512_srli_epi32(w, 4), nib, bias, 0xEA); \
+                const __m512i p2 = _mm512_ternarylogic_epi32(_mm512_srli_epi32(w, 8), nib, bias, 0xEA); \
+                const __m512i p3 = _mm512_ternarylogic_epi32(_mm512_srli_epi32(w, 12), nib, bias, 0xEA); \
+                for (int mi = 0; mi < R; mi++) {                                                  \
+                    const uint32_t *xm = xp + mi * half;                                          \
+                    __m512 *c = acc[mi][v];                                                       \
+                    BF16_DOT(c[0], p0, xm);                                                    \
+                    BF16_DOT(c[PAR(R) - 1], p1, xm + 1);                                           \
+                    BF16_DOT(c[0], p2, xm + 2);                                                    \
+                    BF16_DOT(c[PAR(R) - 1], p3, xm + 3);                                           \
+                }                                                                                 \
+            }                                                                                     \
+        }                                                                                         \
+        EPILOGUE(128.0f, R)                                                                       \
+    }
+
+BF16_TILE(1)
+BF16_TILE(2)
+BF16_TILE(3)
+BF16_TILE(4)
+#endif /* INCQ_X86 */
+
+/* ------------------------------------------------------------------ driver */
+
+typedef void (*tile_fn)(const gemm_args *, int64_t g, int64_t m0, int64_t n0, int64_t cols, float *y, int64_t ys);
+
+static int uses_pairs(int isa) { return isa == INCQ_AVX512BF16; }
+
+/* Tiles [b, e) of TILE columns for every row of x, accumulating into the float32 scratch
+ * a->y [M, N]. Groups run outermost, so that the rows read at a time are one group's (a few
+ * streams through memory, not one per row of words); a tile's words of a group stay in L1
+ * while the blocks of MR rows of x take them. */
+static void gemm_task(void *ctx, int64_t b, int64_t e) {
+    const gemm_args *a = ctx;
+    const int isa = incq_isa;
+    const int64_t c0 = b * TILE, c1 = e * TILE < a->n ? e * TILE : a->n, ys = a->n;
+    float *y = a->y;
+    for (int64_t g = 0; g < a->groups; g++) {
+        for (int64_t n0 = c0; n0 < c1; n0 += TILE) {
+            const int64_t cols = c1 - n0 < TILE ? c1 - n0 : TILE;
+            for (int64_t m0 = 0; m0 < a->m; m0 += MR) {
+                const int64_t rows = a->m - m0 < MR ? a->m - m0 : MR;
+                float *yt = y + m0 * ys + n0;
+#if INCQ_X86
+                if (isa >= INCQ_AVX512) {
+                    static const tile_fn f32[MR] = {tile_avx512_1, tile_avx512_2, tile_avx512_3, tile_avx512_4};
+                    static const tile_fn bf16[MR] = {tile_bf16_1, tile_bf16_2, tile_bf16_3, tile_bf16_4};
+                    (uses_pairs(isa) && a->xpairs ? bf16 : f32)[rows - 1](a, g, m0, n0, cols, yt, ys);
+                    continue;
+                }
+                if (isa == INCQ_AVX2) {
+                    tile_avx2(a, g, m0, rows, n0, cols, yt, ys);
+                    continue;
+                }
+#endif
+                tile_portable(a, g, m0, rows, n0, cols, yt, ys);
+            }
+        }
+    }
+    for (int64_t i = 0; i < a->m; i++) {
+        for (int64_t n = c0; n < c1; n++) {
+            float v = y[i * ys + n];
+            if (a->bias) v += incq_load_float(a->bias, a->bias_dtype, n);
+            store_float(a->out, a->out_dtype, i * a->n + n, v);
+        }
+    }
+}
+
+/* x -> the operands the kernels multiply: bfloat16 pairs (avx512bf16, bfloat16 or float16 x)
+ * or float32, and the per-group sums of exactly those values. */
+static int prepare(gemm_args *a, uint32_t **pairs, float **xf, float **xsum, float **y) {
+    const int64_t m = a->m, k = a->k, G = a->groups, gs = a->group_size;
+    *pairs = NULL;
+    *xf = NULL;
+    *y = calloc((size_t)(m * a->n), sizeof(float));
+    if (!*y) return -1;
+    *xsum = malloc(sizeof(float) * (size_t)(m * G > 0 ? m * G : 1));
+    if (!*xsum) return -1;
+    const int bf16 = uses_pairs(incq_isa) && a->x_dtype != INCQ_F32;
+    if (bf16) {
+        *pairs = malloc(sizeof(uint32_t) * (size_t)(m * k / 2 > 0 ? m * k / 2 : 1));
+        if (!*pairs) return -1;
+    } else {
+        *xf = malloc(sizeof(float) * (size_t)(m * k > 0 ? m * k : 1));
+        if (!*xf) return -1;
+    }
+    for (int64_t i = 0; i < m; i++) {
+        const char *row = (const char *)a->x + i * a->x_ld * (a->x_dtype == INCQ_F32 ? 4 : 2);
+        for (int64_t g = 0; g < G; g++) {
+            float sum = 0.0f;
+            for (int64_t kk = g * gs; kk < (g + 1) * gs; kk++) {
+                float v = incq_load_float(row, a->x_dtype, kk);
+                if (bf16) v = incq_bf16_to_f32(incq_f32_to_bf16(v));
+                else (*xf)[i * k + kk] = v;
+                sum += v;
+            }
+            (*xsum)[i * G + g] = sum;
+        }
+        if (bf16) {
+            for (int64_t r = 0; r < k / 8; r++) {
+                for (int p = 0; p < 4; p++) {
+                    uint16_t lo = incq_f32_to_bf16(incq_load_float(row, a->x_dtype, 8 * r + p));
+                    uint16_t hi = incq_f32_to_bf16(incq_load_float(row, a->x_dtype, 8 * r + p + 4));
+                    (*pairs)[i * (k / 2) + 4 * r + p] = (uint32_t)lo | ((uint32_t)hi << 16);
+                }
+            }
+        }
+    }
+    return 0;
+}
+
+/* gemm(x, x_dtype, m, k, x_ld, qweight, n, scales, s_dtype, qzeros, zero_offset, zeros_awq,
+ *      group_size, bias, bias_dtype, out, out_dtype, threads) -> None. Addresses are integers
+ * (0: none); every array but x is contiguous. */
+static PyObject *py_gemm(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    int64_t v[18];
+    if (incq_int_args("gemm", args, nargs, 18, v)) return NULL;
+    gemm_args a = {
+        .x = INCQ_PTR(v[0]), .x_dtype = (int)v[1], .m = v[2], .k = v[3], .x_ld = v[4],
+        .qweight = INCQ_PTR(v[5]), .n = v[6], .scales = INCQ_PTR(v[7]), .s_dtype = (int)v[8],
+        .qzeros = INCQ_PTR(v[9]), .zero_add = v[10] ? 0x11111111u : 0u, .zeros_awq = (int)v[11],
+        .group_size = v[12], .bias = INCQ_PTR(v[13]), .bias_dtype = (int)v[14], .out = INCQ_PTR(v[15]),
+        .out_dtype = (int)v[16],
+    };
+    const int threads = (int)v[17];
+    if (a.k <= 0 || a.k % 8 || a.group_size <= 0 || a.group_size % 8 || a.k % a.group_size || a.n <= 0 || a.m < 0 ||
+        (a.qzeros && a.n % 8)) {
+        return PyErr_Format(PyExc_ValueError, "gemm: unsupported shape m=%lld k=%lld n=%lld group_size=%lld",
+                            (long long)a.m, (long long)a.k, (long long)a.n, (long long)a.group_size);
+    }
+    a.groups = a.k / a.group_size;
+    if (a.m == 0) Py_RETURN_NONE;
+    uint32_t *pairs;
+    float *xf, *xsum, *y;
+    int failed;
+    Py_BEGIN_ALLOW_THREADS
+    failed = prepare(&a, &pairs, &xf, &xsum, &y);
+    if (!failed) {
+        a.y = y;
+        a.xpairs = pairs;
+        a.xf = xf;
+        a.xsum = xsum;
+        incq_parallel_for(threads, (a.n + TILE - 1) / TILE, 1, gemm_task, &a);
+    }
+    free(pairs);
+    free(xf);
+    free(xsum);
+    free(y);
+    Py_END_ALLOW_THREADS
+    if (failed) return PyErr_NoMemory();
+    Py_RETURN_NONE;
+}
+
 PyMethodDef incq_matmul_methods[] = {
+    {"gemm", (PyCFunction)(void (*)(void))py_gemm, METH_FASTCALL, "Fused W4A16 matmul on GPTQ words (matmul.c)."},
     {NULL, NULL, 0, NULL},
 };

@@ -84,6 +84,7 @@ static struct {
 } pool = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0, 0, 0, NULL, NULL, 0, 0};
 
 static pthread_mutex_t call_lock = PTHREAD_MUTEX_INITIALIZER; /* one job at a time */
+static uint64_t born[MAX_THREADS]; /* the generation current when each worker was created */
 
 static void run_chunk(int index) {
     int64_t b = (int64_t)index * pool.chunk, e = b + pool.chunk;
@@ -93,9 +94,8 @@ static void run_chunk(int index) {
 
 static void *worker(void *arg) {
     int index = (int)(intptr_t)arg; /* 1 .. started */
-    uint64_t seen = 0;
     pthread_mutex_lock(&pool.lock);
-    seen = pool.generation;
+    uint64_t seen = born[index]; /* a job posted before this thread ran is still its to do */
     for (;;) {
         while (pool.generation == seen || index >= pool.wanted) {
             if (pool.generation != seen) seen = pool.generation; /* a job without this worker */
@@ -138,6 +138,7 @@ void incq_parallel_for(int threads, int64_t total, int64_t grain, incq_task fn, 
         pthread_attr_t attr;
         pthread_attr_init(&attr);
         pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        born[pool.started + 1] = pool.generation;
         int failed = pthread_create(&t, &attr, worker, (void *)(intptr_t)(pool.started + 1));
         pthread_attr_destroy(&attr);
         if (failed) break;
