@@ -34,8 +34,11 @@ def _overrides(layers, base: dict) -> list[str]:
 
 
 def inspect(path, as_json: bool, follow_symlinks: bool = False) -> int:
+    from incq._tool import gguf_export
     from incq._tool.targets import runtime_report
 
+    if gguf_export.gguf_file(path) is not None:
+        return gguf_export.inspect(gguf_export.gguf_file(path), as_json)
     ckpt = ck.open_checkpoint(path, follow_symlinks)
     found: list[str] = []  # shapes that contradict the config first, then what the values show
     layers = ck.find_layers(ckpt, problems=found)
@@ -128,9 +131,18 @@ def _write_configs(ckpt, tmp: Path, new_config: dict) -> list[str]:
 
 
 def convert(src, dst, to: str | None, zeros: str | None, force: bool = False, workers: int = 1, quiet: bool = False,
-            follow_symlinks: bool = False, runtime: str | None = None) -> int:
+            follow_symlinks: bool = False, runtime: str | None = None, gguf_type: str | None = None) -> int:
     from incq._tool import targets as _targets
 
+    if gguf_type is not None and to != formats.GGUF:
+        raise ck.CheckpointError(f"--gguf-type applies to --to {formats.GGUF} only")
+    if to == formats.GGUF:
+        from incq._tool import gguf_export
+
+        if zeros is not None or workers != 1:
+            raise ck.CheckpointError(f"--{'zeros' if zeros is not None else 'workers'} does not apply to --to "
+                                     f"{formats.GGUF} (one model file; block types store q - z)")
+        return gguf_export.convert(src, dst, gguf_type, force, quiet, follow_symlinks)
     if zeros is not None and (to is None or formats.get(to).zero_offsets != (0, 1)):
         raise ck.CheckpointError(f"--zeros applies to --to gptq only ({'the runtime target' if to is None else to} "
                                  "has one zero-point convention)")
@@ -271,6 +283,17 @@ def _symmetry_problem(ckpt, layer) -> str | None:
 
 
 def verify(path, against, follow_symlinks: bool = False) -> int:
+    from incq._tool import gguf_export
+
+    files = [gguf_export.gguf_file(p) if p is not None else None for p in (path, against)]
+    if any(files):
+        if against is None:
+            raise ck.CheckpointError(f"{path}: a GGUF file is verified against its source: pass --against SRC")
+        if all(files):
+            raise ck.CheckpointError("verify compares a GGUF file with the checkpoint it was made from, not two "
+                                     "GGUF files")
+        model, source = (files[0], against) if files[0] else (files[1], path)
+        return gguf_export.verify(model, source, follow_symlinks)
     ckpt = ck.open_checkpoint(path, follow_symlinks)
     layers = ck.find_layers(ckpt)
     if against is None:
@@ -442,17 +465,22 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("path")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--follow-symlinks", **follow)
-    p = sub.add_parser("convert", help="convert a checkpoint to GPTQ or AWQ packing, losslessly")
+    p = sub.add_parser("convert", help="convert a checkpoint to another packing, losslessly, or to a GGUF model "
+                                       "file for llama.cpp")
     p.add_argument("src")
     p.add_argument("dst")
     target = p.add_mutually_exclusive_group(required=True)
-    target.add_argument("--to", choices=list(FORMATS), help="the packing to write")
+    target.add_argument("--to", choices=list(FORMATS) + [formats.GGUF],
+                        help=f"the packing to write, or {formats.GGUF}: DST becomes a folder holding model.gguf")
     target.add_argument("--for", dest="runtime", choices=sorted(RUNTIMES),
                         help="write the lossless form this runtime serves (or refuse, saying why)")
     p.add_argument("--zeros", choices=["v1", "raw"], default=None,
                    help="with --to gptq: zero points v1 (stored z - 1; GPTQ, auto_round:auto_gptq; the default, "
                         "the form vLLM and transformers load) or raw (GPTQ v2, auto_round:gptqmodel; needed when a "
                         "zero point is 0)")
+    p.add_argument("--gguf-type", choices=list(formats.GGUF_TYPES), default=None,
+                   help=f"with --to {formats.GGUF}: the block type of every quantized layer (default: per layer, the "
+                        "smallest that holds it exactly: q4_0, q5_0 or q8_0; q4_1 adds up to 2^-7 of a step)")
     p.add_argument("--force", action="store_true", help="replace DST if it is incq's own earlier output")
     p.add_argument("--workers", type=_positive, default=1, help="convert files in this many processes")
     p.add_argument("--follow-symlinks", **follow)
@@ -482,7 +510,7 @@ def _run(args) -> int:
         return inspect(args.path, args.json, args.follow_symlinks)
     if args.command == "convert":
         return convert(args.src, args.dst, args.to, args.zeros, args.force, args.workers, args.quiet,
-                       args.follow_symlinks, args.runtime)
+                       args.follow_symlinks, args.runtime, args.gguf_type)
     if args.command == "verify":
         return verify(args.path, args.against, args.follow_symlinks)
     if args.command == "bench":
