@@ -233,7 +233,10 @@ def cpu_tolerance(dtype):
 @pytest.mark.parametrize("variant", VARIANTS, ids=IDS)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32, torch.float64])
 @pytest.mark.parametrize("m", [1, _kernels.CPU_INT4_MAX_ROWS + 1])
-def test_cpu_layout_every_path_within_tolerance(variant, dtype, m):
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "torch"])
+def test_cpu_layout_every_path_within_tolerance(variant, dtype, m, compiled, monkeypatch):
+    if not compiled:
+        monkeypatch.setattr(_kernels, "_native", lambda: None)
     layer, kwargs = checkpoint(*variant)
     layout = incq.make_cpu_layout(*layer, **kwargs)
     assert isinstance(layout, incq.CpuLayout)
@@ -243,7 +246,8 @@ def test_cpu_layout_every_path_within_tolerance(variant, dtype, m):
     assert_matmul_close(y.double().numpy(), golden64(x, layer, kwargs, bias), cpu_tolerance(dtype))
 
 
-def test_cpu_paths_by_rows_and_dtype():
+def test_cpu_paths_by_rows_and_dtype(monkeypatch):
+    monkeypatch.setattr(_kernels, "_native", lambda: None)  # without the compiled kernels
     rows = _kernels.CPU_INT4_MAX_ROWS
     assert _kernels.cpu_path(1, torch.bfloat16) == _kernels.cpu_path(rows, torch.float16) == "int4"
     assert _kernels.cpu_path(rows + 1, torch.bfloat16) == _kernels.cpu_path(rows + 1, torch.float16) == "dequantize"

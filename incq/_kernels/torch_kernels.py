@@ -196,14 +196,31 @@ def _xpu_matmul(x2, L: XpuLayout, bias):
     return y if bias is None else y + bias.to(y.dtype)
 
 
-def cpu_path(m: int, dtype: torch.dtype) -> str:
-    """Which path ``w4a16_matmul`` takes on a CPU layout for ``m`` rows of x in ``dtype``.
+def _native():
+    """``incq._native.matmul_ops`` when the compiled kernels run, else None."""
+    from incq import _native
 
-    "int4": PyTorch's int4 kernel in bfloat16; "dequantize": dequantize-then-GEMM in blocks of
-    output columns. float16 x runs in bfloat16 on both paths (the kernel and the GEMM are an
-    order of magnitude slower in float16 on CPUs without float16 arithmetic); float32 and
-    float64 always dequantize (the int4 kernel is ~50x slower in float32 than in bfloat16).
+    if not _native.usable():
+        return None
+    from incq._native import matmul_ops
+
+    return matmul_ops
+
+
+def cpu_path(m: int, dtype: torch.dtype) -> str:
+    """Which path ``layout_matmul`` takes on a CPU layout for ``m`` rows of x in ``dtype``.
+
+    With incq's compiled kernels (``incq._native``), float32 / float16 / bfloat16 x runs
+    "native-fused" (the fused W4A16 kernel) or, for many rows, "native-blocks" (compiled
+    dequantization of column blocks, torch's GEMM); see ``incq._native.matmul_ops``. Without
+    them: "int4", PyTorch's int4 kernel in bfloat16, or "dequantize", dequantize-then-GEMM in
+    blocks of output columns. float16 x runs in bfloat16 on these paths (the kernel and the
+    GEMM are an order of magnitude slower in float16 on CPUs without float16 arithmetic);
+    float32 and float64 dequantize (the int4 kernel is ~50x slower in float32 than in bfloat16).
     """
+    native = _native()
+    if native is not None and dtype in native.DTYPES:
+        return "native-" + native.path(m, dtype)
     if dtype in (torch.bfloat16, torch.float16) and m <= CPU_INT4_MAX_ROWS:
         return "int4"
     return "dequantize"
@@ -213,9 +230,12 @@ def _cpu_matmul(x2, L: CpuLayout, bias):
     dtype = x2.dtype
     xs = x2 if L.perm is None else x2.index_select(1, L.perm)
     g = L.group_size
+    path = cpu_path(x2.shape[0], dtype)
+    if path.startswith("native"):
+        return _native().gemm(xs, L.qweight, L.scales, L.qzeros, g, bias)
     compute = torch.bfloat16 if dtype == torch.float16 else dtype
     xs = xs.to(compute).contiguous()
-    if cpu_path(x2.shape[0], dtype) == "int4":
+    if path == "int4":
         y = torch.ops.aten._weight_int4pack_mm_for_cpu(xs, L.weight, g, L.scales_and_zeros)
     else:
         n = L.qweight.shape[1]

@@ -28,13 +28,33 @@ def _address(t) -> int:
     return 0 if t is None else t.data_ptr()
 
 
-def gemm(x2, words, scales, zero_words, group_size: int, bias=None, *, zero_offset: int = 0, zeros_awq: bool = False):
-    """``x2 [M, K] @ W + bias`` in x2's dtype on the compiled kernel; W from GPTQ ``words``
-    ``[K/8, N]`` (contiguous), ``scales [G, N]`` and ``zero_words [G, N/8]`` (or None)."""
+#: the most rows of x the fused kernel takes, per x dtype; more rows dequantize blocks of
+#: :data:`BLOCK_COLUMNS` columns and multiply them with torch's GEMM. Measured on a 2-core
+#: AVX-512 BF16 machine (4096 x 11008, group 128, one thread): the fused kernel costs ~0.65 ms
+#: per row in bfloat16 and ~1.3 ms in float32; dequantized blocks cost ~8 ms plus torch's GEMM,
+#: ~0.45 ms per row in bfloat16 and ~1.6 ms in float32 (specs/kernels.md has the table).
+FUSED_MAX_ROWS = {torch.bfloat16: 48, torch.float16: 48, torch.float32: 1024}
+#: columns of W dequantized at a time for the GEMM path (K x 128 bfloat16: 1 MiB for K = 4096,
+#: about the L2 cache of one core)
+BLOCK_COLUMNS = 128
+
+
+def path(m: int, dtype) -> str:
+    """Which compiled path ``m`` rows of x in ``dtype`` take: "fused" or "blocks"."""
+    return "fused" if m <= FUSED_MAX_ROWS.get(dtype, 0) else "blocks"
+
+
+def gemm(x2, words, scales, zero_words, group_size: int, bias=None, *, zero_offset: int = 0, zeros_awq: bool = False,
+         force: str | None = None):
+    """``x2 [M, K] @ W + bias`` in x2's dtype on the compiled kernels; W from GPTQ ``words``
+    ``[K/8, N]`` (contiguous), ``scales [G, N]`` and ``zero_words [G, N/8]`` (or None).
+    ``force`` ("fused" / "blocks") overrides :func:`path`, for tests and benchmarks."""
     if x2.stride(-1) != 1:
         x2 = x2.contiguous()
     m, k = x2.shape
     n = words.shape[1]
+    if (force or path(m, x2.dtype)) == "blocks":
+        return _blocks(x2, words, scales, zero_words, group_size, bias, zero_offset, zeros_awq)
     out = torch.empty(m, n, dtype=x2.dtype)
     _ext.gemm(
         x2.data_ptr(), DTYPES[x2.dtype], m, k, x2.stride(0), words.data_ptr(), n, scales.data_ptr(),
@@ -42,6 +62,28 @@ def gemm(x2, words, scales, zero_words, group_size: int, bias=None, *, zero_offs
         DTYPES[bias.dtype] if bias is not None else 0, out.data_ptr(), DTYPES[x2.dtype], torch.get_num_threads(),
     )
     return out
+
+
+def _blocks(x2, words, scales, zero_words, group_size, bias, zero_offset, zeros_awq):
+    """Dequantize-then-GEMM in blocks of columns: each block of W is written into the cache
+    (bfloat16 for bfloat16 and float16 x, float32 for float32) and multiplied at once, so every
+    output element comes from one GEMM over all of K."""
+    m, k = x2.shape
+    n = words.shape[1]
+    compute = torch.float32 if x2.dtype == torch.float32 else torch.bfloat16
+    xs = x2.to(compute)
+    y = torch.empty(m, n, dtype=compute)
+    block = torch.empty(k, min(n, BLOCK_COLUMNS), dtype=compute)
+    threads = torch.get_num_threads()
+    for n0 in range(0, n, BLOCK_COLUMNS):
+        nb = min(BLOCK_COLUMNS, n - n0)
+        w = block if nb == block.shape[1] else torch.empty(k, nb, dtype=compute)
+        _ext.dequantize_block(words.data_ptr(), n, k, scales.data_ptr(), DTYPES[scales.dtype], _address(zero_words),
+                              zero_offset, int(zeros_awq), group_size, n0, nb, w.data_ptr(), DTYPES[compute], threads)
+        y[:, n0:n0 + nb] = xs @ w
+    if bias is not None:
+        return (y.to(torch.float32) + bias.to(torch.float32)).to(x2.dtype)
+    return y.to(x2.dtype)
 
 
 def _fits(x, qweight, scales, qzeros, g_idx, bias, bits, group_size, packing) -> bool:

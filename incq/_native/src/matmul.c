@@ -393,7 +393,109 @@ static PyObject *py_gemm(PyObject *self, PyObject *const *args, Py_ssize_t nargs
     Py_RETURN_NONE;
 }
 
+/* ------------------------------------------------------------------ dequantized blocks */
+
+/* The operand of a GEMM for many rows of x: W[k, j] = (q[k, n0 + j] - z) * s for columns
+ * n0 .. n0 + nb, written row-major [K, nb] as bfloat16 or float32 (out_dtype). */
+typedef struct {
+    const gemm_args *a;
+    int64_t n0, nb;
+    void *w;
+    int w_dtype;
+} block_args;
+
+static void block_rows_portable(const block_args *b, int64_t r0, int64_t r1) {
+    const gemm_args *a = b->a;
+    for (int64_t r = r0; r < r1; r++) { /* r: a row of words, 8 rows of W */
+        const int64_t g = 8 * r / a->group_size;
+        const int32_t *wrow = a->qweight + r * a->n + b->n0;
+        for (int64_t j = 0; j < b->nb; j++) {
+            const float s = incq_load_float(a->scales, a->s_dtype, g * a->n + b->n0 + j);
+            const float z = zero_point(a, g, b->n0 + j);
+            const uint32_t w = (uint32_t)wrow[j];
+            for (int i = 0; i < 8; i++)
+                store_float(b->w, b->w_dtype, (8 * r + i) * b->nb + j, ((float)((w >> (4 * i)) & 15u) - z) * s);
+        }
+    }
+}
+
+#if INCQ_X86
+/* q as float without a conversion: the bits 0x4B000000 | q are the float 2**23 + q */
+#define BLOCK_BODY(STORE_BF16)                                                                    \
+    const gemm_args *a = b->a;                                                                    \
+    const __m512i nib = _mm512_set1_epi32(15), magic = _mm512_set1_epi32(0x4B000000);             \
+    for (int64_t r = r0; r < r1; r++) {                                                           \
+        const int64_t g = 8 * r / a->group_size;                                                  \
+        const int32_t *wrow = a->qweight + r * a->n + b->n0;                                      \
+        for (int64_t j = 0; j < b->nb; j += 16) {                                                 \
+            const __mmask16 mk = lane_mask(b->nb - j, 0);                                         \
+            const __m512 s = scale_vector(a, g, b->n0 + j, mk);                                   \
+            const __m512 z = zero_vector(a, g, b->n0 + j, mk, 8388608.0f);                        \
+            const __m512i w = _mm512_maskz_loadu_epi32(mk, wrow + j);                             \
+            for (int i = 0; i < 8; i++) {                                                         \
+                const __m512i bits = _mm512_ternarylogic_epi32(_mm512_srli_epi32(w, 4 * i), nib, magic, 0xEA); \
+                const __m512 v = _mm512_mul_ps(_mm512_sub_ps(_mm512_castsi512_ps(bits), z), s);   \
+                const int64_t at = (8 * r + i) * b->nb + j;                                       \
+                if (b->w_dtype == INCQ_F32) _mm512_mask_storeu_ps((float *)b->w + at, mk, v);     \
+                else STORE_BF16((uint16_t *)b->w + at, mk, v);                                    \
+            }                                                                                     \
+        }                                                                                         \
+    }
+
+/* round to nearest even on the bits (finite values) */
+#define STORE_BF16_INT(p, mk, v)                                                                  \
+    do {                                                                                          \
+        __m512i u = _mm512_castps_si512(v);                                                       \
+        __m512i odd = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));           \
+        u = _mm512_add_epi32(u, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7fff)));                \
+        _mm256_mask_storeu_epi16(p, mk, _mm512_cvtepi32_epi16(_mm512_srli_epi32(u, 16)));         \
+    } while (0)
+#define STORE_BF16_NATIVE(p, mk, v) _mm256_mask_storeu_epi16(p, mk, (__m256i)_mm512_cvtneps_pbh(v))
+
+INCQ_TARGET_AVX512 static void block_rows_avx512(const block_args *b, int64_t r0, int64_t r1) {
+    BLOCK_BODY(STORE_BF16_INT)
+}
+INCQ_TARGET_AVX512BF16 static void block_rows_bf16(const block_args *b, int64_t r0, int64_t r1) {
+    BLOCK_BODY(STORE_BF16_NATIVE)
+}
+#endif
+
+static void block_task(void *ctx, int64_t r0, int64_t r1) {
+    const block_args *b = ctx;
+#if INCQ_X86
+    if (incq_isa >= INCQ_AVX512) {
+        (incq_isa == INCQ_AVX512BF16 ? block_rows_bf16 : block_rows_avx512)(b, r0, r1);
+        return;
+    }
+#endif
+    block_rows_portable(b, r0, r1);
+}
+
+/* dequantize_block(qweight, n, k, scales, s_dtype, qzeros, zero_offset, zeros_awq, group_size,
+ *                  n0, nb, out, out_dtype, threads) -> None */
+static PyObject *py_dequantize_block(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    int64_t v[14];
+    if (incq_int_args("dequantize_block", args, nargs, 14, v)) return NULL;
+    gemm_args a = {
+        .qweight = INCQ_PTR(v[0]), .n = v[1], .k = v[2], .scales = INCQ_PTR(v[3]), .s_dtype = (int)v[4],
+        .qzeros = INCQ_PTR(v[5]), .zero_add = v[6] ? 0x11111111u : 0u, .zeros_awq = (int)v[7], .group_size = v[8],
+    };
+    block_args b = {.a = &a, .n0 = v[9], .nb = v[10], .w = INCQ_PTR(v[11]), .w_dtype = (int)v[12]};
+    const int threads = (int)v[13];
+    if (a.k <= 0 || a.k % 8 || a.group_size <= 0 || a.group_size % 8 || a.k % a.group_size || b.n0 < 0 ||
+        b.nb <= 0 || b.n0 + b.nb > a.n || (a.qzeros && (a.n % 8 || b.n0 % 16)) || b.w_dtype == INCQ_F16) {
+        return PyErr_Format(PyExc_ValueError, "dequantize_block: unsupported arguments");
+    }
+    a.groups = a.k / a.group_size;
+    Py_BEGIN_ALLOW_THREADS
+    incq_parallel_for(threads, a.k / 8, 1, block_task, &b);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
 PyMethodDef incq_matmul_methods[] = {
     {"gemm", (PyCFunction)(void (*)(void))py_gemm, METH_FASTCALL, "Fused W4A16 matmul on GPTQ words (matmul.c)."},
+    {"dequantize_block", (PyCFunction)(void (*)(void))py_dequantize_block, METH_FASTCALL,
+     "Columns of GPTQ words dequantized into a GEMM operand (matmul.c)."},
     {NULL, NULL, 0, NULL},
 };

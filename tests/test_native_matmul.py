@@ -1,0 +1,216 @@
+"""The compiled W4A16 matmul (``incq._native``): every instruction-set variant this machine
+runs, both compiled paths (fused and dequantized blocks), held to the tolerance of
+specs/matmul.md against the golden product, on odd shapes, asymmetric and v1 zero points,
+AWQ words, act-order layouts, bias and empty inputs."""
+
+import functools
+
+import numpy as np
+import pytest
+
+import incq
+from conftest import assert_matmul_close
+
+torch = pytest.importorskip("torch")
+native = pytest.importorskip("incq._native")
+if not native.built():
+    pytest.skip("the compiled kernels are not built", allow_module_level=True)
+
+from incq._core import torch_backend  # noqa: E402
+from incq._kernels import torch_kernels as _kernels  # noqa: E402
+from incq._native import matmul_ops  # noqa: E402
+
+DTYPES = [torch.bfloat16, torch.float16, torch.float32]
+
+
+@pytest.fixture(params=native.supported())
+def variant(request):
+    native.use(request.param)
+    yield request.param
+    native.use(None)
+
+
+def layer(k, n, group, *, sym=False, packing="gptq", zero_offset=0, dtype=torch.bfloat16, act_order=False, seed=0):
+    rng = np.random.default_rng(seed)
+    w = torch.from_numpy((rng.standard_normal((k, n)) * 0.05).astype(np.float32)).to(dtype)
+    qweight, scales, qzeros, g_idx = incq.quantize(w, bits=4, group_size=group, sym=sym, packing=packing,
+                                                   zero_offset=zero_offset)
+    if act_order:
+        g_idx = g_idx[torch.from_numpy(rng.permutation(k))].contiguous()
+    kwargs = dict(bits=4, group_size=group, packing=packing, zero_offset=zero_offset)
+    return (qweight, scales, None if sym else qzeros, g_idx if act_order else None), kwargs
+
+
+def activations(shape, dtype, seed=1):
+    rng = np.random.default_rng(seed)
+    return torch.from_numpy(rng.standard_normal(shape).astype(np.float32)).to(dtype)
+
+
+def host(t):
+    return None if t is None else (t.float() if t.dtype == torch.bfloat16 else t).numpy()
+
+
+def golden64(x, tensors, kwargs, bias=None):
+    b = None if bias is None else host(bias).astype(np.float64)
+    return incq.w4a16_matmul(host(x).astype(np.float64), *(host(t) for t in tensors), b, **kwargs)
+
+
+def tolerance(dtype):
+    # float16 x is rounded to bfloat16 by the compiled kernels (specs/kernels.md): bfloat16's tolerance
+    return "bfloat16" if dtype == torch.float16 else str(dtype).removeprefix("torch.")
+
+
+@pytest.fixture
+def no_torch_fallback(monkeypatch):
+    """Make the torch backend's matmul fail, so that a passing call ran compiled code."""
+    def refuse(*args):
+        raise AssertionError("ran the torch backend")
+
+    monkeypatch.setattr(torch_backend, "w4a16_matmul", refuse)
+
+
+SHAPES = [  # K, N, group, M
+    (256, 64, 32, 1),
+    (256, 200, 64, 5),    # N not a multiple of 16 or 64; M not a multiple of the row block
+    (64, 72, 8, 7),       # smallest group
+    (128, 48, 128, 3),    # one group
+    (8, 16, 8, 2),        # one row of words
+    (512, 1040, 128, 9),  # several column tiles and a partial one
+]
+
+
+@functools.lru_cache(maxsize=None)
+def shape_case(k, n, group, m, dtype):
+    """A layer, x, bias and their golden product (shared by the variants and paths)."""
+    tensors, kwargs = layer(k, n, group, dtype=dtype)
+    x, bias = activations((m, k), dtype), activations((n,), dtype, seed=2)
+    return tensors, x, bias, golden64(x, tensors, kwargs, bias)
+
+
+@pytest.mark.parametrize("k,n,group,m", SHAPES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("force", ["fused", "blocks"])
+def test_both_paths_within_tolerance_on_every_variant(variant, k, n, group, m, dtype, force):
+    (qweight, scales, qzeros, _), x, bias, golden = shape_case(k, n, group, m, dtype)
+    y = matmul_ops.gemm(x, qweight, scales, qzeros, group, bias, force=force)
+    assert y.dtype == dtype and y.shape == (m, n)
+    assert_matmul_close(y.double().numpy(), golden, tolerance(dtype))
+
+
+@pytest.mark.parametrize("packing,zero_offset,sym", [
+    ("gptq", 0, False), ("gptq", 1, False), ("gptq", 0, True), ("awq", 0, False), ("awq", 0, True),
+])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_layer_tensors_run_compiled(variant, no_torch_fallback, packing, zero_offset, sym, dtype):
+    tensors, kwargs = layer(256, 96, 64, sym=sym, packing=packing, zero_offset=zero_offset, dtype=dtype)
+    x = activations((2, 3, 256), dtype)
+    y = incq.w4a16_matmul(x, *tensors, **kwargs)
+    assert y.shape == (2, 3, 96)
+    assert_matmul_close(y.reshape(6, 96).double().numpy(), golden64(x.reshape(6, 256), tensors, kwargs),
+                        tolerance(dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("m", [1, 200])
+def test_act_order_layout_runs_compiled(variant, no_torch_fallback, dtype, m):
+    tensors, kwargs = layer(256, 64, 32, zero_offset=1, act_order=True, dtype=dtype)
+    layout = incq.make_cpu_layout(*tensors, **kwargs)
+    assert layout.perm is not None
+    x = activations((m, 256), dtype)
+    assert _kernels.cpu_path(m, dtype).startswith("native-")
+    assert_matmul_close(incq.layout_matmul(x, layout).double().numpy(), golden64(x, tensors, kwargs), tolerance(dtype))
+
+
+def test_empty_x_gives_empty_output(variant):
+    tensors, kwargs = layer(64, 32, 32)
+    y = incq.w4a16_matmul(torch.zeros(0, 64, dtype=torch.bfloat16), *tensors, **kwargs)
+    assert y.shape == (0, 32) and y.dtype == torch.bfloat16
+
+
+def test_threads_split_columns_without_changing_a_bit(variant):
+    tensors, kwargs = layer(512, 1040, 128, dtype=torch.float32)
+    x = activations((3, 512), torch.float32)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = incq.w4a16_matmul(x, *tensors, **kwargs)
+        torch.set_num_threads(4)
+        four = incq.w4a16_matmul(x, *tensors, **kwargs)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one, four)
+
+
+def test_inputs_are_not_written(variant):
+    tensors, kwargs = layer(128, 64, 32, zero_offset=1)
+    x = activations((4, 128), torch.bfloat16)
+    before = [t.clone() for t in (x, *tensors) if t is not None]
+    incq.w4a16_matmul(x, *tensors, **kwargs)
+    assert all(torch.equal(a, b) for a, b in zip(before, [t for t in (x, *tensors) if t is not None]))
+
+
+def test_cases_without_a_kernel_run_the_torch_backend(monkeypatch):
+    calls = []
+    original = torch_backend.w4a16_matmul
+    monkeypatch.setattr(torch_backend, "w4a16_matmul", lambda *a: calls.append(1) or original(*a))
+    tensors, kwargs = layer(64, 32, 32, dtype=torch.float32)
+    x = activations((2, 64), torch.float64)  # float64: no compiled kernel
+    incq.w4a16_matmul(x, *tensors, **kwargs)
+    tensors, kwargs = layer(64, 32, 32, act_order=True)  # act-order on layer tensors
+    incq.w4a16_matmul(activations((2, 64), torch.bfloat16), *tensors, **kwargs)
+    assert len(calls) == 2
+
+
+# --------------------------------------------------------------------------- choosing the variant
+
+
+def test_the_fastest_variant_is_chosen_by_default(monkeypatch):
+    monkeypatch.delenv(native.ENV, raising=False)
+    assert native.use(None) == native.supported()[-1]
+
+
+def test_the_environment_forces_a_variant_or_turns_the_kernels_off(monkeypatch):
+    try:
+        for name in native.supported():
+            monkeypatch.setenv(native.ENV, name)
+            assert native.use(None) == name
+        monkeypatch.setenv(native.ENV, "off")
+        assert native.use(None) == "off" and not native.usable()
+        tensors, kwargs = layer(64, 32, 32)
+        from incq._core import dispatch
+
+        assert dispatch.backend_for("w4a16_matmul", {"x": tensors[0]}) is torch_backend
+    finally:
+        monkeypatch.delenv(native.ENV)
+        native.use(None)
+
+
+@pytest.mark.parametrize("value,message", [("avx9000", "must be one of"), ("AVX512BF16x", "must be one of")])
+def test_a_bad_variant_name_is_refused_by_name(monkeypatch, value, message):
+    monkeypatch.setenv(native.ENV, value)
+    try:
+        with pytest.raises(incq.IncqError, match=rf"INCQ_ISA.*{message}.*{value.lower()}"):
+            native.use(None)
+    finally:
+        monkeypatch.delenv(native.ENV)
+        native.use(None)
+
+
+def test_without_the_extension_incq_says_so_once_and_runs_torch(monkeypatch):
+    monkeypatch.setattr(native, "_ext", None)
+    monkeypatch.setattr(native, "_MISSING", "ImportError: no module")
+    monkeypatch.setitem(native._STATE, "warned", False)
+    monkeypatch.delenv(native.ENV, raising=False)
+    try:
+        with pytest.warns(incq.IncqWarning, match="compiled CPU kernels are not available.*torch backend") as seen:
+            native.use(None)
+            native.use(None)
+        assert len(seen) == 1 and not native.usable()
+        tensors, kwargs = layer(64, 32, 32)
+        y = incq.w4a16_matmul(activations((1, 64), torch.bfloat16), *tensors, **kwargs)
+        assert y.shape == (1, 32)
+        with pytest.raises(incq.IncqError, match="backend names the compiled CPU kernels, which are not available"):
+            incq.w4a16_matmul(activations((1, 64), torch.bfloat16), *tensors, **kwargs, backend="native")
+    finally:
+        monkeypatch.undo()
+        native.use(None)
