@@ -1,21 +1,24 @@
 """W4A16 matmul on the CPU: ``incq.layout_matmul(x, make_cpu_layout(...))`` beside dense
-``torch.nn.functional.linear`` and the naive dequantize-then-matmul, all in the same run.
+``torch.nn.functional.linear`` and the other CPU int4 kernels, all in the same run.
 
-    python benchmarks/matmul.py                       # the full table (several minutes)
-    python benchmarks/matmul.py --shapes 4096x11008 --m 1,16 --dtypes bfloat16
+    python benchmarks/matmul.py                                  # the full table (several minutes)
+    python benchmarks/matmul.py --shapes 4096x11008 --m 1,16 --dtypes bfloat16 --threads 1
 
 int4 weights, group 128, asymmetric. Every time is the median of ``--reps`` runs (one run when
-a run takes over a second). Columns:
+a run takes over a second), the candidates interleaved round-robin. Columns:
 
-- ``incq``: the layout path ``w4a16_matmul`` picks (``path``) and its time with the weights in
-  the cache (``ms``, the layer called again) and coming from memory (``cold``: 64 MiB written
-  before each run, as in a model whose weights exceed the cache); ``GB/s`` weight bytes read
-  per second when cold (packed int4 weight + scales and zeros) and ``%bw`` that as a share of
-  this machine's read bandwidth, measured first by summing a 1 GiB tensor;
-- ``dense``: ``F.linear`` with a dense weight in x's dtype (what the int4 path replaces);
-- ``naive``: ``x @ incq.dequantize(...)`` in x's dtype, what a user writes without incq's paths;
-- ``int4`` / ``deq``: each of incq's two CPU paths forced (the int4 kernel; dequantize-then-GEMM
-  in blocks of output columns), and ``x best``: incq's time over the faster of them.
+- ``path``: the path ``layout_matmul`` takes (``native-fused``: incq's compiled fused kernel;
+  ``native-blocks``: compiled dequantization of column blocks + torch's GEMM);
+- ``incq``: its time with the weights in the cache (the layer called again); ``cold``: coming
+  from memory (64 MiB written before each run, as in a model whose weights exceed the cache);
+  ``GB/s``: weight bytes read per second when cold (int4 codes, scales and zero points) and
+  ``%bw`` that as a share of this machine's read bandwidth, measured first by summing 1 GiB;
+- ``dense``: ``F.linear`` with a dense weight (bfloat16 for float16 x: the CPU's float16 GEMM is
+  an order of magnitude slower), and ``x dense``: incq's time over it (below 1: faster);
+- ``aten``: PyTorch's own CPU int4 kernel ``aten._weight_int4pack_mm_for_cpu`` (bfloat16 x;
+  float16 x converted), the anchor incq's compiled kernels replace;
+- ``torch``: incq without its compiled kernels (``INCQ_ISA=off``): the paths of the torch backend;
+- ``vllm``: vLLM's CPU int4 GEMM when vLLM's CPU build is installed (a row of dashes otherwise).
 """
 
 from __future__ import annotations
@@ -31,7 +34,6 @@ import incq
 from incq._kernels import torch_kernels as _kernels
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
-PATHS = ("int4", "dequantize")
 
 
 _FLUSH = torch.empty(64 << 20, dtype=torch.uint8)
@@ -71,82 +73,109 @@ def read_bandwidth() -> float:
     return big.numel() * 4 / ms / 1e6
 
 
-def forced(path):
-    """Run one CPU path regardless of the thresholds."""
-    original = _kernels.cpu_path
+def vllm_kernel():
+    """vLLM's CPU W4A16 op, when vLLM's CPU build is installed, else None."""
+    try:
+        import vllm._custom_ops as ops  # noqa: F401
+    except Exception:
+        return None
+    return getattr(torch.ops._C, "cpu_gemm_wna16", None) if hasattr(torch.ops, "_C") else None
 
-    def run(x, layout):
-        _kernels.cpu_path = lambda m, dtype: path
+
+def without_native(run):
+    """Run with incq's compiled kernels off (the torch backend's CPU paths)."""
+    from incq import _native
+
+    def call():
+        before = _native.active()
+        _native.use("off")
         try:
-            return incq.layout_matmul(x, layout)
+            return run()
         finally:
-            _kernels.cpu_path = original
+            _native.use(before)
 
-    return run
+    return call
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--shapes", default="4096x4096,4096x11008,11008x4096", help="KxN, comma-separated")
-    parser.add_argument("--m", default="1,4,16,64,256,1024", help="rows of x, comma-separated")
+    parser.add_argument("--shapes", default="4096x11008", help="KxN, comma-separated")
+    parser.add_argument("--m", default="1,4,16,64,128,512,1024,4096", help="rows of x, comma-separated")
     parser.add_argument("--dtypes", default="bfloat16,float16,float32")
+    parser.add_argument("--threads", default="1,2", help="torch.set_num_threads values, comma-separated")
     parser.add_argument("--reps", type=int, default=7)
-    parser.add_argument("--naive-max-s", type=float, default=20.0,
-                        help="skip naive / forced-path runs estimated to take longer than this")
+    parser.add_argument("--max-s", type=float, default=10.0,
+                        help="skip anchor runs estimated to take longer than this")
     args = parser.parse_args(argv)
 
-    bandwidth = read_bandwidth()
-    print(f"incq {incq.__version__}, torch {torch.__version__}, {torch.get_num_threads()} threads; "
-          f"read bandwidth (sum of 1 GiB) {bandwidth:.1f} GB/s")
+    from incq import _native
+
+    vllm = vllm_kernel()
+    print(f"incq {incq.__version__}, torch {torch.__version__}; compiled kernels: {_native.active()} "
+          f"(runs {', '.join(_native.supported()) or 'none'}); vLLM CPU kernel: {'yes' if vllm else 'not installed'}")
     rng = np.random.default_rng(0)
-    for shape in args.shapes.split(","):
-        k, n = (int(s) for s in shape.lower().split("x"))
-        w = torch.from_numpy((rng.standard_normal((k, n)) * 0.02).astype(np.float32)).to(torch.bfloat16)
-        qweight, scales, qzeros, _ = incq.quantize(w, bits=4, group_size=128, sym=False)
-        layout = incq.make_cpu_layout(qweight, scales, qzeros, group_size=128)
-        weight_bytes = layout.weight.numel() + layout.scales_and_zeros.numel() * 2
-        for dtype_name in args.dtypes.split(","):
-            dtype = DTYPES[dtype_name]
-            dense = w.to(dtype).t().contiguous()  # F.linear's [N, K]
-            s = scales.to(dtype)
-            print(f"\nK x N = {k} x {n}, {dtype_name}, group 128; ms (median of {args.reps})")
-            head = (f"{'M':>5} {'path':>10} {'incq':>8} {'cold':>8} {'GB/s':>6} {'%bw':>5} {'dense':>8} {'x dense':>8} "
-                    f"{'naive':>9} {'int4':>9} {'deq':>8} {'x best':>7}")
-            print(head)
-            print("-" * len(head))
-            last = {}
-            for m in (int(v) for v in args.m.split(",")):
-                x = torch.randn(m, k).to(dtype)
-                path = _kernels.cpu_path(m, dtype)
-                fns = {
-                    "incq": lambda: incq.layout_matmul(x, layout),
-                    "incq cold": lambda: incq.layout_matmul(x, layout),
-                    "dense": lambda: torch.nn.functional.linear(x, dense),
-                    "naive": lambda: x @ incq.dequantize(qweight, s, qzeros, group_size=128),
-                }
-                # each of incq's paths forced (the int4 kernel takes only 16-bit x)
-                paths = PATHS if dtype != torch.float32 else ("dequantize",)
-                fns.update({p: (lambda p=p: forced(p)(x, layout)) for p in paths})
-                for name in list(fns):
-                    if last.get(name, 0.0) * 4 > args.naive_max_s * 1e3:  # time grows about linearly in M
-                        del fns[name]
-                ms = timed(fns, args.reps)
-                last.update(ms)
-                row = {name: ms.get(name, float("nan")) for name in ("naive", "int4", "dequantize")}
-                if "int4" not in paths:
-                    row["int4"] = None
-                t_incq, t_cold, t_dense = ms["incq"], ms["incq cold"], ms["dense"]
-                best = min(v for name, v in row.items() if name in paths and v == v)
-                gbs = weight_bytes / t_cold / 1e6
+    scaling = {}
+    for threads in (int(t) for t in args.threads.split(",")):
+        torch.set_num_threads(threads)
+        bandwidth = read_bandwidth()
+        print(f"\n=== {threads} thread(s); read bandwidth (sum of 1 GiB) {bandwidth:.1f} GB/s")
+        for shape in args.shapes.split(","):
+            k, n = (int(s) for s in shape.lower().split("x"))
+            w = torch.from_numpy((rng.standard_normal((k, n)) * 0.02).astype(np.float32)).to(torch.bfloat16)
+            qweight, scales, qzeros, _ = incq.quantize(w, bits=4, group_size=128, sym=False)
+            for dtype_name in args.dtypes.split(","):
+                dtype = DTYPES[dtype_name]
+                s = scales.to(dtype)
+                layout = incq.make_cpu_layout(qweight, s, qzeros, group_size=128)
+                weight_bytes = k * n // 2 + s.numel() * s.element_size() + qzeros.numel() * 4
+                dense_dtype = torch.bfloat16 if dtype == torch.float16 else dtype
+                dense = w.to(dense_dtype).t().contiguous()  # F.linear's [N, K]
+                print(f"\nK x N = {k} x {n}, {dtype_name}, group 128; ms (median of {args.reps})")
+                head = (f"{'M':>5} {'path':>14} {'incq':>8} {'cold':>8} {'GB/s':>6} {'%bw':>5} {'dense':>8} "
+                        f"{'x dense':>8} {'aten':>8} {'torch':>8} {'vllm':>8}")
+                print(head)
+                print("-" * len(head))
+                last = {}
+                for m in (int(v) for v in args.m.split(",")):
+                    x = torch.randn(m, k).to(dtype)
+                    xd, xb = x.to(dense_dtype), x.to(torch.bfloat16)
+                    path = _kernels.cpu_path(m, dtype)
+                    fns = {
+                        "incq": lambda: incq.layout_matmul(x, layout),
+                        "dense": lambda: torch.nn.functional.linear(xd, dense),
+                        "aten": lambda: torch.ops.aten._weight_int4pack_mm_for_cpu(xb, layout.weight, 128,
+                                                                                    layout.scales_and_zeros),
+                        "torch": without_native(lambda: incq.layout_matmul(x, layout)),
+                    }
+                    if m == 1:
+                        fns["incq cold"] = fns["incq"]
+                    if vllm is not None:
+                        fns["vllm"] = lambda: vllm(x, layout)
+                    for name in list(fns):
+                        if name != "incq" and last.get(name, 0.0) * 4 > args.max_s * 1e3:  # ~linear in M
+                            del fns[name]
+                    ms = timed(fns, args.reps)
+                    last.update(ms)
+                    scaling[(threads, shape, dtype_name, m)] = ms["incq"]
 
-                def cell(v, width):
-                    if v is None:
-                        return f"{'-':>{width}}"
-                    return f"{v:{width}.2f}" if v == v else f"{'>cap':>{width}}"
+                    def cell(name, width=8):
+                        v = ms.get(name)
+                        return f"{v:{width}.2f}" if v is not None else f"{'-':>{width}}"
 
-                print(f"{m:>5} {path:>10} {t_incq:8.2f} {t_cold:8.2f} {gbs:6.1f} {100 * gbs / bandwidth:5.0f} {t_dense:8.2f} "
-                      f"{t_dense / t_incq:8.1f} {cell(row['naive'], 9)} {cell(row['int4'], 9)} "
-                      f"{cell(row['dequantize'], 8)} {t_incq / best:7.2f}")
+                    if m == 1:
+                        gbs = weight_bytes / ms["incq cold"] / 1e6
+                        cold = f"{ms['incq cold']:8.2f} {gbs:6.1f} {100 * gbs / bandwidth:5.0f}"
+                    else:
+                        cold = f"{'':8} {'':6} {'':5}"
+                    print(f"{m:>5} {path:>14} {ms['incq']:8.2f} {cold} {ms['dense']:8.2f} "
+                          f"{ms['incq'] / ms['dense']:8.2f} {cell('aten')} {cell('torch')} {cell('vllm')}", flush=True)
+    counts = sorted({t for t, *_ in scaling})
+    if len(counts) > 1:
+        one, more = counts[0], counts[-1]
+        print(f"\n{more} threads over {one}: speed-up of incq (time at {one} / time at {more})")
+        for (t, shape, dtype_name, m), ms in scaling.items():
+            if t == one and (more, shape, dtype_name, m) in scaling:
+                print(f"  {shape} {dtype_name:>9} M={m:<5} {ms / scaling[(more, shape, dtype_name, m)]:5.2f}x")
 
 
 if __name__ == "__main__":

@@ -114,6 +114,13 @@ def _fail(*args, **kwargs):
     ("gptq_to_awq", lambda: incq.gptq_to_awq(tensor(words((2, 64))))),
     ("repack", lambda: incq.repack(tensor(words((16, 8))), 4, src="awq", dst="gptq")),
     ("repack", lambda: incq.repack(tensor(words((2, 64))), 4, src="gptq", dst="awq")),
+    ("dequantize", lambda: check_dequantize(4, "gptq", 32, 32, 16, torch.bfloat16, act=True)),
+    ("dequantize", lambda: check_dequantize(3, "compressed-tensors", 32, 37, 16, torch.float16, sym=True)),
+    ("unpack", lambda: incq.unpack(tensor(words((3, 5))), 4, axis=1, order="awq")),
+    ("convert_zeros", lambda: incq.awq_zeros_to_gptq(tensor(words((2, 4)) & 0x77777777 | 0x11111111), zero_offset=1)),
+    ("convert_zeros", lambda: incq.gptq_zeros_to_awq(tensor(words((2, 4))), zero_offset=1)),
+    ("pack_zeros", lambda: incq.pack_zeros(tensor(np.full((2, 16), 3, np.uint8)), 2, zero_offset=1)),
+    ("dequantize", lambda: check_dequantize(4, "awq", 32, 16, -1, torch.float32, sym=True)),
 ])
 def test_covered_cases_run_compiled(monkeypatch, name, call):
     assert name in native_backend.COVERS
@@ -121,3 +128,98 @@ def test_covered_cases_run_compiled(monkeypatch, name, call):
                      "_dequantize", "pack", "add_block_constant"):
         monkeypatch.setattr(torch_backend, fallback, _fail)
     call()
+
+
+# --------------------------------------------------------------------------- dequantize
+
+#: (bits, packing) pairs the kernel reads, one per code layout and width
+LAYERS = [(2, "gptq"), (3, "gptq"), (4, "gptq"), (8, "gptq"), (4, "awq"), (4, "compressed-tensors"),
+          (8, "compressed-tensors"), (3, "compressed-tensors"), (5, "compressed-tensors"),
+          (3, "compressed-tensors-padded"), (6, "compressed-tensors-padded")]
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+
+
+def _bits_of(t: torch.Tensor) -> torch.Tensor:
+    return t.view(torch.int32 if t.dtype == torch.float32 else torch.int16)
+
+
+def layer(bits, packing, k, n, g, *, sym=False, zero_offset=0, act=False, scales=None):
+    """Random codes and zero points over the whole domain, every code in every slot."""
+    from incq._core import golden
+
+    fmt = incq.FORMATS[packing]
+    codes = ((np.arange(k)[:, None] * 7 + np.arange(n)[None, :] * 3) % (1 << bits)).astype(np.uint8)
+    codes = codes ^ RNG.integers(0, 1 << bits, (k, n), dtype=np.uint8) * (k > 16)
+    groups = k // (k if g == -1 else g)
+    lo = 1 if zero_offset else 0
+    zeros = ((np.arange(groups)[:, None] + np.arange(n)[None, :]) % ((1 << bits) - lo) + lo).astype(np.uint8)
+    qweight = golden.pack_weight(codes, bits, packing)
+    qzeros = None if sym else golden.pack_zeros(zeros, bits, packing, zero_offset)
+    if scales is None:
+        scales = RNG.uniform(-2, 2, (groups, n)).astype(np.float32)
+    if fmt.transposed:
+        scales = np.ascontiguousarray(scales.T)
+    g_idx = RNG.integers(0, groups, k).astype(np.int32) if act else None
+    return qweight, scales, qzeros, g_idx
+
+
+def check_dequantize(bits, packing, k, n, g, dtype, **kw):
+    qweight, scales, qzeros, g_idx = layer(bits, packing, k, n, g, **kw)
+    args = dict(bits=bits, group_size=g, packing=packing, zero_offset=kw.get("zero_offset", 0))
+    if incq.FORMATS[packing].partial and g == -1 and g_idx is None:
+        args["k"] = k  # per-channel: the words alone do not tell K
+    t = [None if a is None else tensor(a) for a in (qweight, scales, qzeros, g_idx)]
+    t[1] = t[1].to(dtype)
+    got = incq.dequantize(*t, **args)
+    expected = incq.dequantize(*t, backend="numpy", **args)
+    assert got.dtype == dtype and got.shape == expected.shape
+    assert torch.equal(_bits_of(got), _bits_of(expected))
+
+
+@pytest.mark.parametrize("bits,packing", LAYERS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_dequantize_layouts(variant, bits, packing, dtype):
+    partial = incq.FORMATS[packing].partial
+    n = 37 if partial else (8 if packing == "awq" else 32)
+    for k, g in ((32, 32), (64, 16), (96, -1)):
+        check_dequantize(bits, packing, k, n, g, dtype)
+        check_dequantize(bits, packing, k, n, g, dtype, sym=True)
+        if incq.FORMATS[packing].act_order:
+            check_dequantize(bits, packing, k, n, g, dtype, act=True)
+        if 1 in incq.FORMATS[packing].zero_offsets:
+            check_dequantize(bits, packing, k, n, g, dtype, zero_offset=1)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("packing", ["gptq", "awq", "compressed-tensors"])
+def test_dequantize_wide_odd_and_threads(variant, threads, dtype, packing):
+    """N beyond one vector with a tail (not a multiple of 16), K of several units and groups."""
+    n = 72 if packing != "compressed-tensors" else 83
+    check_dequantize(4, packing, 160, n, 32, dtype, act=packing != "awq")
+    check_dequantize(4, packing, 64, 8 * 25 if packing == "awq" else n, 64, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_dequantize_negative_zero_subnormal_and_overflow(variant, dtype):
+    """q == z with s < 0 gives -0.0; subnormal scales (bfloat16: no flush to zero); products
+    that overflow the 16-bit types give inf."""
+    tiny = {torch.float32: 1e-45, torch.float16: 6e-8, torch.bfloat16: 9e-41}[dtype]
+    big = {torch.float32: 3e38, torch.float16: 60000.0, torch.bfloat16: 3e38}[dtype]
+    values = np.array([-0.5, -tiny, tiny, -1.0, big, -big, 2.0 ** -126, -(2.0 ** -127)], dtype=np.float32)
+    scales = np.tile(values, (2, 4))[:, :32]
+    for packing in ("gptq", "awq"):
+        check_dequantize(4, packing, 32, 32, 16, dtype, scales=scales.copy())
+    check_dequantize(8, "gptq", 32, 32, 16, dtype, scales=scales.copy(), sym=True)
+
+
+@settings(max_examples=12)
+@given(k_units=st.integers(1, 5), n=st.integers(1, 70), g=st.sampled_from([8, 16, 32, -1]),
+       dtype=st.sampled_from(DTYPES), bits=st.sampled_from([3, 4, 8]), act=st.booleans())
+def test_dequantize_compressed_tensors_shapes(k_units, n, g, dtype, bits, act):
+    k = 32 * k_units
+    for v in VARIANTS:
+        _native.use(v)
+        try:
+            check_dequantize(bits, "compressed-tensors", k, n, g, dtype, act=act)
+        finally:
+            _native.use(None)

@@ -222,26 +222,49 @@ def _zeros_n(fn, qzeros, bits, packing, n):
     return n
 
 
+def _zero_policy(fn, count, where, on_zero, stacklevel):
+    """The z = 0 policy under v1 for ``count`` zero points of 0, the first at ``where``: raise,
+    or warn when clamping (``borrow`` is silent)."""
+    if on_zero == "raise":
+        raise v.fail(
+            fn, "zeros", "cannot hold a zero point of 0 under zero_offset=1 (v1 stores z - 1; "
+            "pass on_zero='borrow' for GPTQModel's word arithmetic or 'clamp' for AutoRound's "
+            "z = 1, or write raw zeros with zero_offset=0)", f"{count} zero point(s) of 0, first at [group, column] {list(where)}"
+        )
+    if on_zero == "clamp":
+        warnings.warn(
+            f"{fn}: {count} zero point(s) of 0 clamped to 1 under zero_offset=1; the affected "
+            "groups dequantize one scale step away from the original",
+            IncqWarning,
+            stacklevel=stacklevel + 1,
+        )
+
+
 def _encode_zeros(fn, backend, zeros, bits, packing, zero_offset, on_zero):
     """Shared tail of pack_zeros / awq_zeros_to_gptq: the z = 0 policy, then the encoder."""
     count = backend.count_equal(zeros, 0) if zero_offset else 0
     if count:
-        where = backend.first_index_equal(zeros, 0)
-        if on_zero == "raise":
-            raise v.fail(
-                fn, "zeros", "cannot hold a zero point of 0 under zero_offset=1 (v1 stores z - 1; "
-                "pass on_zero='borrow' for GPTQModel's word arithmetic or 'clamp' for AutoRound's "
-                "z = 1, or write raw zeros with zero_offset=0)", f"{count} zero point(s) of 0, first at [group, column] {list(where)}"
-            )
+        _zero_policy(fn, count, backend.first_index_equal(zeros, 0), on_zero, 3)
         if on_zero == "clamp":
-            warnings.warn(
-                f"{fn}: {count} zero point(s) of 0 clamped to 1 under zero_offset=1; the affected "
-                "groups dequantize one scale step away from the original",
-                IncqWarning,
-                stacklevel=3,
-            )
             zeros = backend.maximum(zeros, 1)
     return backend.pack_zeros(zeros, bits, packing, zero_offset)
+
+
+def _convert_zeros(fn, backend, qzeros, bits, src, src_zero_offset, dst, dst_zero_offset, on_zero):
+    """Zero words of ``src`` -> ``dst``: in one pass where the backend has a kernel for it
+    (``convert_zeros``), else decode then encode; the same z = 0 policy either way."""
+    fused = getattr(backend, "convert_zeros", None)
+    clamp = bool(dst_zero_offset) and on_zero == "clamp"
+    done = fused(qzeros, bits, src, src_zero_offset, dst, dst_zero_offset, clamp) if fused else None
+    if done is None:
+        zeros = backend.unpack_zeros(qzeros, bits, src, src_zero_offset)
+        if not dst_zero_offset:
+            return backend.pack_zeros(zeros, bits, dst, 0)
+        return _encode_zeros(fn, backend, zeros, bits, dst, dst_zero_offset, on_zero)
+    words, count, where = done
+    if dst_zero_offset and count:
+        _zero_policy(fn, count, where, on_zero, 3)
+    return words
 
 
 def pack_zeros(zeros, bits=4, *, packing="gptq", zero_offset=0, on_zero="raise", backend=None):
@@ -289,8 +312,7 @@ def awq_zeros_to_gptq(qzeros, bits=4, *, zero_offset=0, on_zero="raise", backend
     on_zero = v.check_str_choice(fn, "on_zero", on_zero, v.ON_ZERO)
     qzeros = _check_qzeros(fn, qzeros, bits, AWQ.name)
     chosen = _dispatch.backend_for(fn, {"qzeros": qzeros}, backend)
-    zeros = chosen.unpack_zeros(qzeros, bits, AWQ.name, 0)
-    return _encode_zeros(fn, chosen, zeros, bits, GPTQ.name, zero_offset, on_zero)
+    return _convert_zeros(fn, chosen, qzeros, bits, AWQ.name, 0, GPTQ.name, zero_offset, on_zero)
 
 
 def gptq_zeros_to_awq(qzeros, bits=4, *, zero_offset=0, backend=None):
@@ -306,8 +328,7 @@ def gptq_zeros_to_awq(qzeros, bits=4, *, zero_offset=0, backend=None):
     zero_offset = v.check_int_choice(fn, "zero_offset", zero_offset, (0, 1))
     qzeros = _check_qzeros(fn, qzeros, bits, GPTQ.name)
     chosen = _dispatch.backend_for(fn, {"qzeros": qzeros}, backend)
-    zeros = chosen.unpack_zeros(qzeros, bits, GPTQ.name, zero_offset)
-    return chosen.pack_zeros(zeros, bits, AWQ.name, 0)
+    return _convert_zeros(fn, chosen, qzeros, bits, GPTQ.name, zero_offset, AWQ.name, 0, "raise")
 
 
 def dequantize(qweight, scales, qzeros=None, g_idx=None, *, bits=4, group_size=128, packing="gptq",
@@ -410,11 +431,11 @@ def w4a16_matmul(x, qweight, scales, qzeros=None, g_idx=None, bias=None, *, bits
         raise v.fail(fn, "qweight", "must be a layer's qweight (for a prepared layout call layout_matmul(x, layout, "
                                     "bias))", type(qweight).__name__)
     k, n, g, _ = v.check_layer(fn, qweight, scales, qzeros, g_idx, bits, group_size, packing, zero_offset, k)
-    x = v.check_float(fn, "x", x)
+    x = v.check_float(fn, "x", x, finite=False)
     if x.ndim < 1 or x.shape[-1] != k:
         raise v.fail(fn, "x", f"must have a last dimension of K = {k}", v.describe(x))
     if bias is not None:
-        bias = v.check_float(fn, "bias", bias, ndim=1)
+        bias = v.check_float(fn, "bias", bias, ndim=1, finite=False)
         v.check_shape(fn, "bias", bias, (n,), f"[N] for N = {n}")
     chosen = _dispatch.backend_for(
         fn, dict(x=x, qweight=qweight, scales=scales, qzeros=qzeros, g_idx=g_idx, bias=bias), backend

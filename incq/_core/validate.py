@@ -200,11 +200,14 @@ def check_codes(fn: str, name: str, x: Any, bits: int, *, ndim: int | None = Non
     return x
 
 
-def check_float(fn: str, name: str, x: Any, *, ndim: int | tuple[int, ...] | None = None) -> Any:
+def check_float(fn: str, name: str, x: Any, *, ndim: int | tuple[int, ...] | None = None,
+                finite: bool = True) -> Any:
+    """A floating array; with ``finite``, every value finite (scales and weights: activations
+    are not read, so NaN and infinity in them propagate as in any GEMM)."""
     x = check_array(fn, name, x, ndim=ndim)
     if dtype_kind(x) != "f":
         raise fail(fn, name, "must have a floating dtype", describe(x))
-    if has_values(x):
+    if finite and has_values(x):
         xp = np if isinstance(x, np.ndarray) else torch_module()
         finite = xp.isfinite(x)
         if not bool(finite.all()):

@@ -13,7 +13,7 @@ import warnings
 from incq._core import validate as v
 from incq._errors import IncqWarning
 from incq._core.formats import CANONICAL
-from incq._core.bits import logical_shape
+from incq._core.bits import values_per_block, logical_shape
 from incq._kernels.types import TorchLayout
 
 
@@ -117,22 +117,26 @@ def layout_shape(layout) -> tuple[int, int]:
     """(K, N) of a prepared layout."""
     if isinstance(layout, TorchLayout):
         return logical_shape(tuple(layout.qweight.shape), layout.bits, layout.packing)
-    return logical_shape(tuple(layout.qweight.shape), 4, CANONICAL.name)  # XPU and CPU layouts hold GPTQ words
+    rows, n = layout.qweight.shape  # XPU and CPU layouts hold 4-bit GPTQ words [K/8, N]
+    return rows * values_per_block(4, CANONICAL.weight_order), n
 
 
 def matmul_with_layout(fn, x, layout, bias):
     """``layout_matmul(x, layout, bias)``: validate, then let ``incq._kernels.torch_kernels`` pick the kernel."""
     k, n = layout_shape(layout)
-    x = v.check_float(fn, "x", x)
+    x = v.check_float(fn, "x", x, finite=False)
     if not v.is_torch(x):
         raise v.fail(fn, "x", "must be a torch tensor with a prepared layout", v.describe(x))
     if x.ndim < 1 or x.shape[-1] != k:
         raise v.fail(fn, "x", f"must have a last dimension of K = {k}", v.describe(x))
     if bias is not None:
-        bias = v.check_float(fn, "bias", bias, ndim=1)
+        bias = v.check_float(fn, "bias", bias, ndim=1, finite=False)
         v.check_shape(fn, "bias", bias, (n,), f"[N] for N = {n}")
-    from incq._core import dispatch as _dispatch
+    device = layout.qweight.device
+    if x.device != device or (bias is not None and (not v.is_torch(bias) or bias.device != device)):
+        from incq._core import dispatch as _dispatch
+
+        _dispatch.native(fn, dict(x=x, layout=layout[0], bias=bias))  # raises: not all torch on one device
     from incq._kernels import torch_kernels as _kernels
 
-    _dispatch.native(fn, dict(x=x, layout=layout[0], bias=bias))  # all torch, one device
     return _kernels.matmul(x, layout, bias)

@@ -120,14 +120,14 @@ def make_cpu_layout(qweight, scales, qzeros, g_idx, bits, group_size, packing, z
 
 def matmul(x, layout, bias):
     k = x.shape[-1]
-    x2 = x.reshape(-1, k)
+    x2 = x if x.ndim == 2 else x.reshape(-1, k)
     if isinstance(layout, XpuLayout):
         y = _xpu_matmul(x2, layout, bias)
     elif isinstance(layout, CpuLayout):
         y = _cpu_matmul(x2, layout, bias)
     else:
         y = _torch_matmul(x2, layout, bias)
-    return y.reshape(*x.shape[:-1], y.shape[-1])
+    return y if x.ndim == 2 else y.reshape(*x.shape[:-1], y.shape[-1])
 
 
 def _torch_matmul(x2, layout: TorchLayout, bias):
@@ -196,15 +196,21 @@ def _xpu_matmul(x2, L: XpuLayout, bias):
     return y if bias is None else y + bias.to(y.dtype)
 
 
+_NATIVE = []  # [incq._native, its matmul_ops], once imported
+
+
 def _native():
     """``incq._native.matmul_ops`` when the compiled kernels run, else None."""
-    from incq import _native
+    if not _NATIVE:
+        from incq import _native
 
-    if not _native.usable():
-        return None
-    from incq._native import matmul_ops
+        if not _native.built():
+            _native.usable()  # says, once, that they are missing
+            return None
+        from incq._native import matmul_ops
 
-    return matmul_ops
+        _NATIVE.extend((_native, matmul_ops))
+    return _NATIVE[1] if _NATIVE[0].usable() else None
 
 
 def cpu_path(m: int, dtype: torch.dtype) -> str:
@@ -230,9 +236,10 @@ def _cpu_matmul(x2, L: CpuLayout, bias):
     dtype = x2.dtype
     xs = x2 if L.perm is None else x2.index_select(1, L.perm)
     g = L.group_size
+    native = _native()
+    if native is not None and dtype in native.DTYPES:
+        return native.gemm(xs, L.qweight, L.scales, L.qzeros, g, bias)
     path = cpu_path(x2.shape[0], dtype)
-    if path.startswith("native"):
-        return _native().gemm(xs, L.qweight, L.scales, L.qzeros, g, bias)
     compute = torch.bfloat16 if dtype == torch.float16 else dtype
     xs = xs.to(compute).contiguous()
     if path == "int4":

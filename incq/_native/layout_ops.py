@@ -19,11 +19,32 @@ COVERS: dict[str, str] = {
     "awq_to_gptq": "4-bit",
     "gptq_to_awq": "4-bit",
     "repack": "4-bit AWQ -> GPTQ and GPTQ -> AWQ",
+    "dequantize": "every format and width (GPTQ 2/3/4/8, AWQ, compressed-tensors dense and padded 2 to 8 bits), "
+                  "with or without g_idx, float32 / float16 / bfloat16 scales",
+    "unpack_zeros": "2/4/8-bit GPTQ and 4-bit AWQ, raw and v1",
+    "pack_zeros": "2/4/8-bit GPTQ and 4-bit AWQ, raw and v1",
+    "convert_zeros": "4-bit AWQ <-> GPTQ words, raw and v1, in one pass (awq_zeros_to_gptq, gptq_zeros_to_awq)",
+    "unpack": "2/4/8-bit sequential and 4-bit AWQ order along the last axis",
 }
+
+#: torch dtype -> the kernels' element-type code (incq_native.h)
+DTYPES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+#: how dequantize reads the codes (layout.c): GPTQ-style words along K, AWQ words, a bit
+#: stream per column, padded words per column
+WORDS, AWQ_WORDS, STREAM, PADDED = 0, 1, 2, 3
 
 
 def _cpu(*tensors) -> bool:
-    return all(t is None or t.device.type == "cpu" for t in tensors)
+    """Whether the kernels can take these tensors: on the CPU, holding values, and not while
+    torch.compile traces (the trace takes the torch backend's functional forms)."""
+    if torch.compiler.is_compiling():
+        return False
+    return all(t is None or (t.device.type == "cpu" and not t.is_meta) for t in tensors)
+
+
+def _plain(t: torch.Tensor) -> bool:
+    """A tensor the kernel's pointer reads: not a tensor subclass (torch.compile's fakes)."""
+    return type(t) is torch.Tensor
 
 
 def _threads() -> int:
@@ -56,3 +77,101 @@ def repack(qweight: torch.Tensor, bits: int, src: str, dst: str, k: int | None =
     if bits == 4 and (src, dst) == (formats.GPTQ.name, formats.AWQ.name):
         return gptq_to_awq(qweight, bits)
     return _torch.repack(qweight, bits, src, dst, k)
+
+
+def _code_layout(qweight: torch.Tensor, bits: int, packing: str, n: int) -> tuple[int, int, int]:
+    """(kind, row stride, column stride) of the codes' words for the dequantize kernel."""
+    fmt = formats.get(packing)
+    if fmt.weight_order == formats.INTERLEAVED:
+        return AWQ_WORDS, n // 8, 0
+    rs, cs = (1, qweight.shape[1]) if fmt.transposed else (n, 1)
+    if 32 % bits == 0:
+        return WORDS, rs, cs
+    return (PADDED if fmt.weight_order == formats.PADDED else STREAM), rs, cs
+
+
+def dequantize(qweight, scales, qzeros, g_idx, bits, group_size, packing, zero_offset):
+    if scales.dtype not in DTYPES or not _cpu(qweight, scales, qzeros, g_idx) or qweight.numel() == 0:
+        return _torch.dequantize(qweight, scales, qzeros, g_idx, bits, group_size, packing, zero_offset)
+    from incq._native import backend
+
+    s = _torch.logical_scales(scales, packing)
+    groups, n = s.shape
+    k = groups * group_size
+    s32 = s.to(torch.float32).contiguous()
+    z = None if qzeros is None else backend.unpack_zeros(qzeros, bits, packing, zero_offset, n).contiguous()
+    g = None if g_idx is None else g_idx.to(torch.int32).contiguous()
+    words = qweight.contiguous()
+    kind, rs, cs = _code_layout(words, bits, packing, n)
+    out = torch.empty((k, n), dtype=scales.dtype)
+    _ext.dequantize(kind, bits, words.data_ptr(), rs, cs, k, n, groups, 0 if z is None else z.data_ptr(),
+                    s32.data_ptr(), 0 if g is None else g.data_ptr(), group_size, out.data_ptr(), DTYPES[scales.dtype],
+                    _threads())
+    return out
+
+
+#: the block of ones (value 1 in every slot) of a word, per width (specs/zero-points.md)
+_ONES = {2: 0x55555555, 4: 0x11111111, 8: 0x01010101}
+
+
+def _zero_words(packing: str, bits: int) -> bool | None:
+    """Whether a format's zero words are AWQ-ordered (None: not a layout these kernels read)."""
+    fmt = formats.get(packing)
+    if bits not in _ONES or fmt.transposed or fmt.partial or (fmt.zeros_order == formats.INTERLEAVED and bits != 4):
+        return None
+    return fmt.zeros_order == formats.INTERLEAVED
+
+
+def _add(bits: int, zero_offset: int, sign: int) -> int:
+    return (sign * _ONES[bits]) & 0xFFFFFFFF if zero_offset else 0
+
+
+def unpack_zeros(qzeros: torch.Tensor, bits: int, packing: str, zero_offset: int, n: int | None = None) -> torch.Tensor:
+    awq = _zero_words(packing, bits)
+    if awq is None or not _cpu(qzeros) or qzeros.numel() == 0:
+        return _torch.unpack_zeros(qzeros, bits, packing, zero_offset, n)
+    src = qzeros.contiguous()
+    g, w = src.shape
+    out = torch.empty((g, w * 32 // bits), dtype=torch.uint8)
+    _ext.unpack_row(src.data_ptr(), out.data_ptr(), g * w, bits, int(awq), _add(bits, zero_offset, +1), _threads())
+    return out
+
+
+def pack_zeros(zeros: torch.Tensor, bits: int, packing: str, zero_offset: int) -> torch.Tensor:
+    awq = _zero_words(packing, bits)
+    if awq is None or not _cpu(zeros) or zeros.numel() == 0:
+        return _torch.pack_zeros(zeros, bits, packing, zero_offset)
+    src = zeros.to(torch.uint8).contiguous()
+    g, n = src.shape
+    out = torch.empty((g, n * bits // 32), dtype=torch.int32)
+    _ext.pack_row(src.data_ptr(), out.data_ptr(), out.numel(), bits, int(awq), _add(bits, zero_offset, -1), _threads())
+    return out
+
+
+def convert_zeros(qzeros, bits, src, src_zero_offset, dst, dst_zero_offset, clamp):
+    """4-bit zero words of format ``src`` -> those of ``dst`` in one pass, zero points of 0
+    raised to 1 where ``clamp``. Returns ``(words, count, first)``: how many zero points are 0
+    and the ``[group, column]`` of the first (None when none), or None where not covered."""
+    a, b = _zero_words(src, bits), _zero_words(dst, bits)
+    if bits != 4 or a is None or b is None or not _cpu(qzeros) or qzeros.numel() == 0 or not _plain(qzeros):
+        return None
+    words = qzeros.contiguous()
+    out = torch.empty(words.shape, dtype=torch.int32)
+    add = _add(bits, src_zero_offset, +1)
+    first = _ext.convert_zeros(words.data_ptr(), out.data_ptr(), words.numel(), int(a), add, int(b),
+                               _add(bits, dst_zero_offset, -1), int(clamp))
+    if first < 0:
+        return out, 0, None
+    n = words.shape[1] * 8
+    return out, _ext.count_zeros(words.data_ptr(), words.numel(), add), divmod(first, n)
+
+
+def unpack(packed: torch.Tensor, bits: int, axis: int, order: str) -> torch.Tensor:
+    awq = order == formats.INTERLEAVED
+    if (bits not in _ONES or (awq and bits != 4) or axis != packed.ndim - 1 or not _cpu(packed)
+            or packed.numel() == 0):
+        return _torch.unpack(packed, bits, axis, order)
+    src = packed.contiguous()
+    out = torch.empty((*src.shape[:-1], src.shape[-1] * 32 // bits), dtype=torch.uint8)
+    _ext.unpack_row(src.data_ptr(), out.data_ptr(), src.numel(), bits, int(awq), 0, _threads())
+    return out

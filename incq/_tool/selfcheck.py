@@ -65,6 +65,38 @@ def _check_sizes(parser: argparse.ArgumentParser, args: argparse.Namespace) -> i
     return args.k if g == -1 else g
 
 
+#: the operations whose path the report gives
+OPERATIONS = ("pack", "unpack", "awq_to_gptq", "gptq_to_awq", "repack", "unpack_zeros", "pack_zeros", "dequantize",
+              "quantize", "w4a16_matmul")
+
+
+def paths_report() -> list[str]:
+    """Which implementation each operation takes for torch CPU tensors: the compiled kernels
+    (with their instruction-set variant and the cases they cover) or the torch backend."""
+    if importlib.util.find_spec("torch") is None:
+        return ["torch is not installed: every operation runs the NumPy golden backend"]
+    import torch
+
+    from incq import _native
+    from incq._kernels import torch_kernels
+
+    variant = _native.active()
+    if variant == _native.OFF:
+        why = _native.missing_reason() or f"{_native.ENV}=off"
+        return [f"compiled CPU kernels: off ({why}); torch CPU tensors run the torch backend"]
+    from incq._native import backend
+
+    lines = [f"compiled CPU kernels: {variant} (this CPU runs {', '.join(_native.supported())}; "
+             f"{_native.ENV} forces one, or off)"]
+    for name in OPERATIONS:
+        how = f"compiled: {backend.COVERS[name]}; other cases torch" if name in backend.COVERS else "torch"
+        lines.append(f"  {name:<18} {how}")
+    for dtype in (torch.bfloat16, torch.float16, torch.float32):
+        cells = ", ".join(f"M={m}: {torch_kernels.cpu_path(m, dtype)}" for m in (1, 16, 64, 512))
+        lines.append(f"  layout_matmul {str(dtype).removeprefix('torch.'):<9} {cells}")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="incq check", description=__doc__.splitlines()[0])
     parser.add_argument("--k", type=int, default=2048, help=f"input features, a multiple of {BLOCK} and of the "
@@ -80,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     devices = _torch_devices()
     print(f"incq {incq.__version__}: layer K={args.k} N={args.n} group_size={g}, NumPy golden backend"
           + (f", checked against torch on {', '.join(devices)}" if devices else ", torch not installed"))
+    for line in paths_report():
+        print(line)
     print(f"{'route':<44}{'ms':>9}  max |w - W| / |s|" + "".join(f"{'torch ' + d + ' ms':>16}" for d in devices))
     ok = True
     routes = []

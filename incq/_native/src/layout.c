@@ -208,10 +208,460 @@ static PyObject *py_gptq_to_awq(PyObject *self, PyObject *const *args, Py_ssize_
     return py_nibble_transpose(args, nargs, 0);
 }
 
+/* ================================================================== dequantize
+ *
+ * W[k, n] = float32(q[k, n] - z[g, n]) * s[g, n] rounded once to the output type, g = g_idx[k]
+ * or k / group_size (specs/dequantize.md). Reads the codes q in one of four layouts:
+ *   WORDS   bits 2, 4, 8: word (r, n) at w[r * rs + n * cs] holds rows r * pf .. r * pf + pf - 1
+ *           (pf = 32 / bits) lowest first (GPTQ: rs = N, cs = 1; compressed-tensors, stored
+ *           transposed: rs = 1, cs = words per row, copied into GPTQ order a tile at a time);
+ *   AWQ     row k at w[k * rs], word n / 8 slot AWQ_SLOT[n % 8];
+ *   STREAM  column n is one bit stream, word i at w[i * rs + n * cs], code k at bit k * bits
+ *           (GPTQ 3-bit, compressed-tensors >= 0.18 of any width);
+ *   PADDED  as STREAM with 32 / bits codes per word, the top bits unused (<= 0.17).
+ * Zero points z are uint8 [G, N] (none: 2^(bits - 1)); scales s arrive as float32 [G, N].
+ * Writes out [K, N] (float32, float16 or bfloat16), row-major. Work is split in units of 32
+ * rows (whole words of every layout); STREAM and PADDED codes are first unpacked into a byte
+ * tile. Float16 results are rounded by VCVTPS2PH; bfloat16 by integer rounding (nearest
+ * even), or by VCVTNEPS2BF16 where no product can be subnormal (it flushes those to zero).
+ */
+
+enum { DQ_WORDS = 0, DQ_AWQ = 1, DQ_STREAM = 2, DQ_PADDED = 3 };
+#define DQ_UNIT 32
+
+typedef struct {
+    int kind, bits;
+    const uint32_t *w;
+    int64_t rs, cs, k, n;
+    const uint8_t *z;     /* [G, N] or NULL */
+    const float *s;       /* [G, N] */
+    const int32_t *gidx;  /* [K] or NULL */
+    int64_t group_size;
+    void *out;
+    int dt;
+    int bf16_native;      /* VCVTNEPS2BF16 gives the golden's bits */
+} dq_args;
+
+static inline int64_t dq_group(const dq_args *a, int64_t k) { return a->gidx ? a->gidx[k] : k / a->group_size; }
+
+/* code q[k, n] from any layout, one at a time */
+static inline uint32_t dq_code(const dq_args *a, int64_t k, int64_t n) {
+    const uint32_t mask = (1u << a->bits) - 1;
+    switch (a->kind) {
+    case DQ_WORDS: {
+        int pf = 32 / a->bits;
+        return (a->w[(k / pf) * a->rs + n * a->cs] >> (a->bits * (k % pf))) & mask;
+    }
+    case DQ_AWQ: return (a->w[k * a->rs + n / 8] >> (4 * AWQ_SLOT[n % 8])) & 15u;
+    case DQ_PADDED: {
+        int per = 32 / a->bits;
+        return (a->w[(k / per) * a->rs + n * a->cs] >> (a->bits * (k % per))) & mask;
+    }
+    default: {
+        int64_t bit = k * a->bits, i = bit >> 5;
+        int off = (int)(bit & 31);
+        uint64_t v = a->w[i * a->rs + n * a->cs];
+        if (off + a->bits > 32) v |= (uint64_t)a->w[(i + 1) * a->rs + n * a->cs] << 32;
+        return (uint32_t)(v >> off) & mask;
+    }
+    }
+}
+
+static inline void dq_store_scalar(const dq_args *a, int64_t i, float v) {
+    switch (a->dt) {
+    case INCQ_F32: ((float *)a->out)[i] = v; break;
+    case INCQ_BF16: ((uint16_t *)a->out)[i] = incq_f32_to_bf16(v); break;
+    default: ((uint16_t *)a->out)[i] = incq_f32_to_f16(v); break;
+    }
+}
+
+static inline void dq_scalar(const dq_args *a, int64_t k, int64_t n0, int64_t n1) {
+    const int64_t g = dq_group(a, k), n = a->n;
+    const int32_t half = 1 << (a->bits - 1);
+    for (int64_t j = n0; j < n1; j++) {
+        int32_t z = a->z ? a->z[g * n + j] : half;
+        dq_store_scalar(a, k * n + j, (float)((int32_t)dq_code(a, k, j) - z) * a->s[g * n + j]);
+    }
+}
+
+static void dq_portable(const dq_args *a, int64_t k0, int64_t k1) {
+    for (int64_t k = k0; k < k1; k++) dq_scalar(a, k, 0, a->n);
+}
+
+/* codes of rows [k0, k1) into tile[(k - k0) * N + n] */
+static void dq_unpack_tile(const dq_args *a, int64_t k0, int64_t k1, uint8_t *tile) {
+    for (int64_t n = 0; n < a->n; n++)
+        for (int64_t k = k0; k < k1; k++) tile[(k - k0) * a->n + n] = (uint8_t)dq_code(a, k, n);
+}
+
+/* the GPTQ words of rows [k0, k1) of a transposed WORDS layout into tile[r * N + n] */
+static void dq_words_tile(const dq_args *a, int64_t k0, int64_t k1, uint32_t *tile) {
+    const int pf = 32 / a->bits;
+    const int64_t r0 = k0 / pf, r1 = (k1 + pf - 1) / pf;
+    for (int64_t n = 0; n < a->n; n++) {
+        const uint32_t *col = a->w + n * a->cs;
+        for (int64_t r = r0; r < r1; r++) tile[(r - r0) * a->n + n] = col[r * a->rs];
+    }
+}
+
+#if INCQ_X86
+INCQ_TARGET_AVX512 ALWAYS_INLINE __m512 dq16_avx512(const dq_args *a, __m512i q, int64_t g, int64_t n, __mmask16 m) {
+    const __m512i z = a->z ? _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m, a->z + g * a->n + n))
+                           : _mm512_set1_epi32(1 << (a->bits - 1));
+    return _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(q, z)), _mm512_maskz_loadu_ps(m, a->s + g * a->n + n));
+}
+
+INCQ_TARGET_AVX512 ALWAYS_INLINE void st16_avx512(const dq_args *a, int64_t i, __m512 x, __mmask16 m) {
+    if (a->dt == INCQ_F32) {
+        _mm512_mask_storeu_ps((float *)a->out + i, m, x);
+        return;
+    }
+    __m256i h;
+    if (a->dt == INCQ_F16) {
+        h = _mm512_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    } else if (a->bf16_native) {
+        __asm__("vcvtneps2bf16 %1, %0" : "=v"(h) : "v"(x));
+    } else { /* nearest even on the bits; NaN -> quiet NaN (its top bits) */
+        const __m512i u = _mm512_castps_si512(x);
+        const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+        __m512i r = _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7FFF)), lsb), 16);
+        const __mmask16 nan = _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q);
+        r = _mm512_mask_or_epi32(r, nan, _mm512_srli_epi32(u, 16), _mm512_set1_epi32(0x40));
+        h = _mm512_cvtepi32_epi16(r);
+    }
+    _mm256_mask_storeu_epi16((uint16_t *)a->out + i, m, h);
+}
+
+/* rows [k0, k1) (k0 a multiple of pf) from GPTQ words, word row k0 / pf at words[0], row stride
+ * ld. q - z is formed exactly in float as (2^23 + q) - (2^23 + z), both sides built by OR-ing
+ * the integer into the bits of 2^23 (+0.0 where q == z, as float32(q - z) gives). */
+INCQ_TARGET_AVX512 static void dq_words_avx512(const dq_args *a, const uint32_t *words, int64_t ld, int64_t k0, int64_t k1) {
+    const int pf = 32 / a->bits;
+    const int64_t n = a->n;
+    const __m512i mask = _mm512_set1_epi32((1 << a->bits) - 1), magic = _mm512_set1_epi32(0x4B000000);
+    const __m128i step = _mm_cvtsi32_si128(a->bits);
+    for (int64_t r = k0 / pf; r * pf < k1; r++) {
+        const uint32_t *wr = words + (r - k0 / pf) * ld;
+        const int64_t first = r * pf;
+        const int rows = (int)(k1 - first < pf ? k1 - first : pf);
+        int64_t g[16];
+        int uniform = 1;
+        for (int p = 0; p < rows; p++) {
+            g[p] = dq_group(a, first + p);
+            uniform &= g[p] == g[0];
+        }
+        for (int64_t j = 0; j < n; j += 16) {
+            const __mmask16 m = j + 16 <= n ? 0xFFFF : (__mmask16)((1u << (n - j)) - 1);
+            __m512i w = _mm512_maskz_loadu_epi32(m, wr + j);
+            __m512 zf = _mm512_setzero_ps(), sf = zf;
+            for (int p = 0; p < rows; p++) {
+                if (p == 0 || !uniform) {
+                    const __m512i z = a->z ? _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m, a->z + g[p] * n + j))
+                                           : _mm512_set1_epi32(1 << (a->bits - 1));
+                    zf = _mm512_castsi512_ps(_mm512_or_si512(z, magic));
+                    sf = _mm512_maskz_loadu_ps(m, a->s + g[p] * n + j);
+                }
+                /* (w & mask) | magic */
+                const __m512 qf = _mm512_castsi512_ps(_mm512_ternarylogic_epi32(w, mask, magic, 0xEA));
+                st16_avx512(a, (first + p) * n + j, _mm512_mul_ps(_mm512_sub_ps(qf, zf), sf), m);
+                w = _mm512_srl_epi32(w, step);
+            }
+        }
+    }
+}
+
+INCQ_TARGET_AVX512 static void dq_awq_avx512(const dq_args *a, int64_t k0, int64_t k1) {
+    const int64_t n = a->n;
+    int32_t sh[16], pick[16];
+    for (int l = 0; l < 16; l++) { sh[l] = 4 * AWQ_SLOT[l % 8]; pick[l] = l / 8; }
+    const __m512i shifts = _mm512_loadu_si512(sh), picks = _mm512_loadu_si512(pick), f = _mm512_set1_epi32(15);
+    for (int64_t k = k0; k < k1; k++) {
+        const uint32_t *wr = a->w + k * a->rs;
+        const int64_t g = dq_group(a, k);
+        for (int64_t j = 0; j < n; j += 16) {
+            const __mmask16 m = j + 16 <= n ? 0xFFFF : (__mmask16)((1u << (n - j)) - 1);
+            const __m128i two = _mm_maskz_loadu_epi32(j + 16 <= n ? 3 : 1, wr + j / 8);
+            const __m512i q = _mm512_and_si512(_mm512_srlv_epi32(_mm512_permutexvar_epi32(picks, _mm512_castsi128_si512(two)), shifts), f);
+            st16_avx512(a, k * n + j, dq16_avx512(a, q, g, j, m), m);
+        }
+    }
+}
+
+/* rows [k0, k1) from a byte tile [k1 - k0, N] */
+INCQ_TARGET_AVX512 static void dq_tile_avx512(const dq_args *a, const uint8_t *tile, int64_t k0, int64_t k1) {
+    const int64_t n = a->n;
+    for (int64_t k = k0; k < k1; k++) {
+        const int64_t g = dq_group(a, k);
+        const uint8_t *row = tile + (k - k0) * n;
+        for (int64_t j = 0; j < n; j += 16) {
+            const __mmask16 m = j + 16 <= n ? 0xFFFF : (__mmask16)((1u << (n - j)) - 1);
+            const __m512i q = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m, row + j));
+            st16_avx512(a, k * n + j, dq16_avx512(a, q, g, j, m), m);
+        }
+    }
+}
+#endif
+
+static void dq_task(void *ctx, int64_t u0, int64_t u1) {
+    const dq_args *a = ctx;
+    const int64_t k0 = u0 * DQ_UNIT, k1 = u1 * DQ_UNIT < a->k ? u1 * DQ_UNIT : a->k;
+#if INCQ_X86
+    if (incq_isa >= INCQ_AVX512) {
+        if (a->kind == DQ_AWQ) {
+            dq_awq_avx512(a, k0, k1);
+        } else if (a->kind == DQ_WORDS && a->cs == 1) {
+            dq_words_avx512(a, a->w + (k0 / (32 / a->bits)) * a->rs, a->rs, k0, k1);
+        } else if (a->kind == DQ_WORDS) {
+            uint32_t *tile = malloc(sizeof(uint32_t) * DQ_UNIT * a->n);
+            if (!tile) { dq_portable(a, k0, k1); return; }
+            for (int64_t k = k0; k < k1; k += DQ_UNIT) {
+                int64_t e = k + DQ_UNIT < k1 ? k + DQ_UNIT : k1;
+                dq_words_tile(a, k, e, tile);
+                dq_words_avx512(a, tile, a->n, k, e);
+            }
+            free(tile);
+        } else {
+            uint8_t *tile = malloc((size_t)DQ_UNIT * a->n);
+            if (!tile) { dq_portable(a, k0, k1); return; }
+            for (int64_t k = k0; k < k1; k += DQ_UNIT) {
+                int64_t e = k + DQ_UNIT < k1 ? k + DQ_UNIT : k1;
+                dq_unpack_tile(a, k, e, tile);
+                dq_tile_avx512(a, tile, k, e);
+            }
+            free(tile);
+        }
+        return;
+    }
+#endif
+    dq_portable(a, k0, k1);
+}
+
+/* whether any of the float32 values is subnormal */
+static int any_subnormal(const float *s, int64_t count) {
+    const uint32_t *u = (const uint32_t *)s;
+    int found = 0;
+    for (int64_t i = 0; i < count; i++) {
+        uint32_t m = u[i] & 0x7FFFFFFFu;
+        found |= (m - 1u) < 0x007FFFFFu; /* 0 < m < 2^-126 */
+    }
+    return found;
+}
+
+/* dequantize(kind, bits, w, rs, cs, K, N, G, z, s, g_idx, group_size, out, dtype, threads) */
+static PyObject *py_dequantize(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    int64_t v[15];
+    if (incq_int_args("dequantize", args, nargs, 15, v)) return NULL;
+    dq_args a = {(int)v[0], (int)v[1], INCQ_PTR(v[2]), v[3], v[4], v[5], v[6], INCQ_PTR(v[8]), INCQ_PTR(v[9]),
+                 INCQ_PTR(v[10]), v[11], INCQ_PTR(v[12]), (int)v[13], 0};
+    Py_BEGIN_ALLOW_THREADS
+    /* VCVTNEPS2BF16 reads subnormal inputs as zero; a product is subnormal only where a scale is */
+    a.bf16_native = a.dt == INCQ_BF16 && incq_isa == INCQ_AVX512BF16 && !any_subnormal(a.s, v[7] * a.n);
+    incq_parallel_for((int)v[14], (a.k + DQ_UNIT - 1) / DQ_UNIT, 1, dq_task, &a);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+/* ================================================================== words <-> codes along a row
+ *
+ * unpack_row: words src[W] -> codes dst[W * pf] (pf = 32 / bits, bits 2, 4, 8): word i, after
+ * adding `add` (v1 zero points: the block of ones, wrapping), holds code pf * i + m in slot m
+ * (sequential) or, 4-bit AWQ, in slot AWQ_SLOT[m]. pack_row is the inverse (add after packing:
+ * the block of ones subtracted, with borrows). convert_zeros_4bit goes from 4-bit words in one
+ * order to the other without the codes in memory: decode (add), permute, clamp zero points of 0
+ * to 1 where asked, encode (add); it reports whether some zero point is 0.
+ * The loops are plain C, compiled once per instruction set (the compiler vectorizes them over
+ * words).
+ */
+
+ALWAYS_INLINE int slot_of(int awq, int m) { return awq ? AWQ_SLOT[m] : m; }
+
+ALWAYS_INLINE void unpack_row_body(const uint32_t *src, uint8_t *dst, int64_t w0, int64_t w1, int bits, int awq,
+                                   uint32_t add) {
+    const int pf = 32 / bits;
+    const uint32_t mask = (1u << bits) - 1;
+    if (bits == 4) {
+        for (int64_t i = w0; i < w1; i++) {
+            uint32_t w = src[i] + add;
+            for (int m = 0; m < 8; m++) dst[8 * i + m] = (uint8_t)((w >> (4 * slot_of(awq, m))) & 15u);
+        }
+        return;
+    }
+    for (int64_t i = w0; i < w1; i++) {
+        uint32_t w = src[i] + add;
+        for (int m = 0; m < pf; m++) dst[pf * i + m] = (uint8_t)((w >> (bits * m)) & mask);
+    }
+}
+
+ALWAYS_INLINE void pack_row_body(const uint8_t *src, uint32_t *dst, int64_t w0, int64_t w1, int bits, int awq,
+                                 uint32_t add) {
+    const int pf = 32 / bits;
+    if (bits == 4) {
+        for (int64_t i = w0; i < w1; i++) {
+            uint32_t w = 0;
+            for (int m = 0; m < 8; m++) w |= (uint32_t)src[8 * i + m] << (4 * slot_of(awq, m));
+            dst[i] = w + add;
+        }
+        return;
+    }
+    for (int64_t i = w0; i < w1; i++) {
+        uint32_t w = 0;
+        for (int m = 0; m < pf; m++) w |= (uint32_t)src[pf * i + m] << (bits * m);
+        dst[i] = w + add;
+    }
+}
+
+/* 4-bit word with nibbles in order `from` -> the same values in order `to` (0 sequential, 1 AWQ) */
+ALWAYS_INLINE uint32_t reorder4(uint32_t w, int from, int to) {
+    uint32_t out = 0;
+    for (int m = 0; m < 8; m++) out |= ((w >> (4 * slot_of(from, m))) & 15u) << (4 * slot_of(to, m));
+    return out;
+}
+
+/* returns a word with bit 4j set where nibble j of w is 0 */
+ALWAYS_INLINE uint32_t zero_nibbles(uint32_t w) { return ~(w | w >> 1 | w >> 2 | w >> 3) & 0x11111111u; }
+
+ALWAYS_INLINE uint32_t convert_zeros_body(const uint32_t *src, uint32_t *dst, int64_t w0, int64_t w1, int from,
+                                          uint32_t from_add, int to, uint32_t to_add, int clamp) {
+    uint32_t seen = 0;
+    for (int64_t i = w0; i < w1; i++) {
+        uint32_t w = src[i] + from_add, zn = zero_nibbles(w);
+        seen |= zn;
+        if (clamp) w |= zn; /* z = 0 -> 1 */
+        dst[i] = reorder4(w, from, to) + to_add;
+    }
+    return seen;
+}
+
+static void unpack_row_portable(const uint32_t *s, uint8_t *d, int64_t a, int64_t b, int bits, int awq, uint32_t add) {
+    unpack_row_body(s, d, a, b, bits, awq, add);
+}
+static void pack_row_portable(const uint8_t *s, uint32_t *d, int64_t a, int64_t b, int bits, int awq, uint32_t add) {
+    pack_row_body(s, d, a, b, bits, awq, add);
+}
+static uint32_t convert_zeros_portable(const uint32_t *s, uint32_t *d, int64_t a, int64_t b, int f, uint32_t fa, int t,
+                                       uint32_t ta, int c) {
+    return convert_zeros_body(s, d, a, b, f, fa, t, ta, c);
+}
+#if INCQ_X86
+INCQ_TARGET_AVX2 static void unpack_row_avx2(const uint32_t *s, uint8_t *d, int64_t a, int64_t b, int bits, int awq,
+                                             uint32_t add) {
+    unpack_row_body(s, d, a, b, bits, awq, add);
+}
+INCQ_TARGET_AVX2 static void pack_row_avx2(const uint8_t *s, uint32_t *d, int64_t a, int64_t b, int bits, int awq,
+                                           uint32_t add) {
+    pack_row_body(s, d, a, b, bits, awq, add);
+}
+INCQ_TARGET_AVX2 static uint32_t convert_zeros_avx2(const uint32_t *s, uint32_t *d, int64_t a, int64_t b, int f,
+                                                    uint32_t fa, int t, uint32_t ta, int c) {
+    return convert_zeros_body(s, d, a, b, f, fa, t, ta, c);
+}
+INCQ_TARGET_AVX512 static void unpack_row_avx512(const uint32_t *s, uint8_t *d, int64_t a, int64_t b, int bits,
+                                                 int awq, uint32_t add) {
+    unpack_row_body(s, d, a, b, bits, awq, add);
+}
+INCQ_TARGET_AVX512 static void pack_row_avx512(const uint8_t *s, uint32_t *d, int64_t a, int64_t b, int bits, int awq,
+                                               uint32_t add) {
+    pack_row_body(s, d, a, b, bits, awq, add);
+}
+INCQ_TARGET_AVX512 static uint32_t convert_zeros_avx512(const uint32_t *s, uint32_t *d, int64_t a, int64_t b, int f,
+                                                        uint32_t fa, int t, uint32_t ta, int c) {
+    return convert_zeros_body(s, d, a, b, f, fa, t, ta, c);
+}
+#endif
+
+typedef struct {
+    const void *src;
+    void *dst;
+    int bits, awq, pack;
+    uint32_t add;
+} row_args;
+
+static void row_task(void *ctx, int64_t w0, int64_t w1) {
+    const row_args *a = ctx;
+#if INCQ_X86
+    if (incq_isa >= INCQ_AVX512) {
+        if (a->pack) pack_row_avx512(a->src, a->dst, w0, w1, a->bits, a->awq, a->add);
+        else unpack_row_avx512(a->src, a->dst, w0, w1, a->bits, a->awq, a->add);
+        return;
+    }
+    if (incq_isa >= INCQ_AVX2) {
+        if (a->pack) pack_row_avx2(a->src, a->dst, w0, w1, a->bits, a->awq, a->add);
+        else unpack_row_avx2(a->src, a->dst, w0, w1, a->bits, a->awq, a->add);
+        return;
+    }
+#endif
+    if (a->pack) pack_row_portable(a->src, a->dst, w0, w1, a->bits, a->awq, a->add);
+    else unpack_row_portable(a->src, a->dst, w0, w1, a->bits, a->awq, a->add);
+}
+
+/* unpack_row(src, dst, words, bits, awq, add, threads) / pack_row(src, dst, words, bits, awq, add, threads) */
+static PyObject *py_rows(PyObject *const *args, Py_ssize_t nargs, int pack) {
+    int64_t v[7];
+    if (incq_int_args(pack ? "pack_row" : "unpack_row", args, nargs, 7, v)) return NULL;
+    row_args a = {INCQ_PTR(v[0]), INCQ_PTR(v[1]), (int)v[3], (int)v[4], pack, (uint32_t)v[5]};
+    const int64_t words = v[2];
+    if (words < (1 << 16)) { /* small (zero points): not worth waking a thread */
+        row_task(&a, 0, words);
+        Py_RETURN_NONE;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    incq_parallel_for((int)v[6], words, 1 << 14, row_task, &a);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+static PyObject *py_unpack_row(PyObject *self, PyObject *const *args, Py_ssize_t nargs) { return py_rows(args, nargs, 0); }
+static PyObject *py_pack_row(PyObject *self, PyObject *const *args, Py_ssize_t nargs) { return py_rows(args, nargs, 1); }
+
+/* convert_zeros(src, dst, words, from_awq, from_add, to_awq, to_add, clamp) -> index of the first
+ * zero point of 0 (in code order: word * 8 + position), or -1 */
+static PyObject *py_convert_zeros(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    int64_t v[8];
+    if (incq_int_args("convert_zeros", args, nargs, 8, v)) return NULL;
+    const uint32_t *src = INCQ_PTR(v[0]);
+    uint32_t *dst = INCQ_PTR(v[1]);
+    const int64_t words = v[2];
+    const int from = (int)v[3], to = (int)v[5], clamp = (int)v[7];
+    const uint32_t fa = (uint32_t)v[4], ta = (uint32_t)v[6];
+    uint32_t seen;
+#if INCQ_X86
+    if (incq_isa >= INCQ_AVX512) seen = convert_zeros_avx512(src, dst, 0, words, from, fa, to, ta, clamp);
+    else if (incq_isa >= INCQ_AVX2) seen = convert_zeros_avx2(src, dst, 0, words, from, fa, to, ta, clamp);
+    else
+#endif
+        seen = convert_zeros_portable(src, dst, 0, words, from, fa, to, ta, clamp);
+    if (!seen) return PyLong_FromLong(-1);
+    for (int64_t i = 0; i < words; i++) {
+        uint32_t w = src[i] + fa;
+        for (int m = 0; m < 8; m++)
+            if (((w >> (4 * slot_of(from, m))) & 15u) == 0) return PyLong_FromLongLong(8 * i + m);
+    }
+    return PyLong_FromLong(-1);
+}
+
+/* count_zero_nibbles(src, words, from_awq, from_add) -> how many zero points are 0 */
+static PyObject *py_count_zeros(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    int64_t v[3];
+    if (incq_int_args("count_zeros", args, nargs, 3, v)) return NULL;
+    const uint32_t *src = INCQ_PTR(v[0]);
+    int64_t count = 0;
+    for (int64_t i = 0; i < v[1]; i++) count += __builtin_popcount(zero_nibbles(src[i] + (uint32_t)v[2]));
+    return PyLong_FromLongLong(count);
+}
+
 PyMethodDef incq_layout_methods[] = {
     {"awq_to_gptq", (PyCFunction)(void (*)(void))py_awq_to_gptq, METH_FASTCALL,
      "awq_to_gptq(src, dst, K/8, N/8, threads): AWQ words [K, N/8] -> GPTQ words [K/8, N] (layout.c)."},
     {"gptq_to_awq", (PyCFunction)(void (*)(void))py_gptq_to_awq, METH_FASTCALL,
      "gptq_to_awq(src, dst, K/8, N/8, threads): GPTQ words [K/8, N] -> AWQ words [K, N/8] (layout.c)."},
+    {"dequantize", (PyCFunction)(void (*)(void))py_dequantize, METH_FASTCALL,
+     "dequantize(kind, bits, w, rs, cs, K, N, G, z, s, g_idx, group_size, out, dtype, threads) (layout.c)."},
+    {"unpack_row", (PyCFunction)(void (*)(void))py_unpack_row, METH_FASTCALL,
+     "unpack_row(src, dst, words, bits, awq, add, threads): words -> codes along a row (layout.c)."},
+    {"pack_row", (PyCFunction)(void (*)(void))py_pack_row, METH_FASTCALL,
+     "pack_row(src, dst, words, bits, awq, add, threads): codes -> words along a row (layout.c)."},
+    {"convert_zeros", (PyCFunction)(void (*)(void))py_convert_zeros, METH_FASTCALL,
+     "convert_zeros(src, dst, words, from_awq, from_add, to_awq, to_add, clamp) -> first zero or -1 (layout.c)."},
+    {"count_zeros", (PyCFunction)(void (*)(void))py_count_zeros, METH_FASTCALL,
+     "count_zeros(src, words, add): 4-bit zero points of 0 in words after adding add (layout.c)."},
     {NULL, NULL, 0, NULL},
 };
