@@ -520,7 +520,7 @@ ALWAYS_INLINE uint32_t reorder4(uint32_t w, int from, int to) {
 /* returns a word with bit 4j set where nibble j of w is 0 */
 ALWAYS_INLINE uint32_t zero_nibbles(uint32_t w) { return ~(w | w >> 1 | w >> 2 | w >> 3) & 0x11111111u; }
 
-ALWAYS_INLINE uint32_t convert_zeros_body(const uint32_t *src, uint32_t *dst, int64_t w0, int64_t w1, int from,
+ALWAYS_INLINE uint32_t convert_zeros_loop(const uint32_t *src, uint32_t *dst, int64_t w0, int64_t w1, int from,
                                           uint32_t from_add, int to, uint32_t to_add, int clamp) {
     uint32_t seen = 0;
     for (int64_t i = w0; i < w1; i++) {
@@ -530,6 +530,15 @@ ALWAYS_INLINE uint32_t convert_zeros_body(const uint32_t *src, uint32_t *dst, in
         dst[i] = reorder4(w, from, to) + to_add;
     }
     return seen;
+}
+
+/* the orders as constants in each loop, so that the compiler vectorizes it */
+ALWAYS_INLINE uint32_t convert_zeros_body(const uint32_t *src, uint32_t *dst, int64_t w0, int64_t w1, int from,
+                                          uint32_t from_add, int to, uint32_t to_add, int clamp) {
+    if (from && !to) return convert_zeros_loop(src, dst, w0, w1, 1, from_add, 0, to_add, clamp);
+    if (!from && to) return convert_zeros_loop(src, dst, w0, w1, 0, from_add, 1, to_add, clamp);
+    if (from) return convert_zeros_loop(src, dst, w0, w1, 1, from_add, 1, to_add, clamp);
+    return convert_zeros_loop(src, dst, w0, w1, 0, from_add, 0, to_add, clamp);
 }
 
 static void unpack_row_portable(const uint32_t *s, uint8_t *d, int64_t a, int64_t b, int bits, int awq, uint32_t add) {
