@@ -11,6 +11,7 @@ import incq
 
 torch = pytest.importorskip("torch")
 import incq._core.golden  # noqa: E402
+import incq._native  # noqa: E402
 import incq._core.torch_backend  # noqa: E402
 
 RNG = np.random.default_rng(11)
@@ -38,9 +39,23 @@ def test_numpy_in_numpy_out_on_the_golden(monkeypatch):
 
 
 def test_torch_in_torch_out_on_the_torch_backend(monkeypatch):
+    # CPU tensors take the compiled kernels first; turned off, they take the torch backend
+    monkeypatch.setattr(incq._native, "_STATE", {"resolved": "off", "warned": True})
     golden, fast = counting(monkeypatch, incq._core.golden, "awq_to_gptq"), counting(monkeypatch, incq._core.torch_backend, "awq_to_gptq")
     out = incq.awq_to_gptq(torch.from_numpy(AWQ))
     assert isinstance(out, torch.Tensor) and out.device.type == "cpu" and len(fast) == 1 and not golden
+    assert_array_equal(out.numpy(), incq.awq_to_gptq(AWQ), strict=True)
+
+
+def test_cpu_tensors_take_the_compiled_kernels_where_built(monkeypatch):
+    if not incq._native.usable():
+        pytest.skip("the compiled kernels are not built or are turned off")
+    from incq._native import layout_ops
+
+    compiled = counting(monkeypatch, layout_ops, "awq_to_gptq")
+    torch_path = counting(monkeypatch, incq._core.torch_backend, "awq_to_gptq")
+    out = incq.awq_to_gptq(torch.from_numpy(AWQ))
+    assert len(compiled) == 1 and not torch_path
     assert_array_equal(out.numpy(), incq.awq_to_gptq(AWQ), strict=True)
 
 

@@ -267,7 +267,8 @@ def test_cpu_layout_3d_input_and_act_order_match_2d():
     (dict(group=16), "group_size"),
     (dict(n=40, group=32), "N"),
 ])
-def test_layers_that_do_not_fit_fall_back_and_say_so(maker, case, reason):
+def test_layers_that_do_not_fit_fall_back_and_say_so(maker, case, reason, monkeypatch):
+    monkeypatch.setattr(_kernels, "_native", lambda: None)  # the kernels' own limits, without incq's compiled ones
     bits, n, group = case.get("bits", 4), case.get("n", N), case.get("group", GROUP)
     layer, kwargs = checkpoint("gptq", 1, False, False, n=n, group=group, bits=bits)
     with pytest.warns(incq.IncqWarning, match=rf"{maker.__name__}: .*{reason}.*will dequantize"):
@@ -275,6 +276,23 @@ def test_layers_that_do_not_fit_fall_back_and_say_so(maker, case, reason):
     assert isinstance(layout, incq.TorchLayout) and reason.split()[0] in layout.reason
     x = activations((3, K), torch.float32)
     assert_matmul_close(incq.layout_matmul(x, layout).numpy(), golden64(x, layer, kwargs), "float32")
+
+
+@pytest.mark.parametrize("n,group", [(64, 16), (40, 32), (40, -1)])
+def test_compiled_kernels_take_layers_the_int4_kernel_does_not(n, group, monkeypatch):
+    if _kernels._native() is None:
+        pytest.skip("the compiled kernels are not built or are turned off")
+    layer, kwargs = checkpoint("gptq", 1, False, True, n=n, group=group if group > 0 else K)
+    kwargs["group_size"] = group
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        layout = incq.make_cpu_layout(*layer, **kwargs)
+    assert isinstance(layout, incq.CpuLayout) and layout.weight is None and layout.scales_and_zeros is None
+    x = activations((3, K), torch.bfloat16)
+    golden = golden64(x, layer, kwargs)
+    assert_matmul_close(incq.layout_matmul(x, layout).float().numpy(), golden, "bfloat16")
+    monkeypatch.setattr(_kernels, "_native", lambda: None)  # turned off later: dequantize-then-GEMM
+    assert_matmul_close(incq.layout_matmul(x, layout).float().numpy(), golden, "bfloat16")
 
 
 def test_act_order_with_uneven_groups_falls_back():

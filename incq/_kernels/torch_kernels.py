@@ -68,10 +68,22 @@ def xpu_misfit(qweight, scales, qzeros, g_idx, bits, group_size, packing, zero_o
     return _act_order(g_idx, k, group_size)[1]
 
 
+def _aten_fits(group_size: int, n: int) -> bool:
+    """Whether PyTorch's CPU int4 kernel takes the layer."""
+    return group_size in CPU_GROUP_SIZES and n % 16 == 0
+
+
+def _compiled_fits(qzeros, group_size: int, n: int) -> bool:
+    """Whether incq's compiled kernels run now and take the layer (any N; groups of whole words)."""
+    return _native() is not None and group_size % 8 == 0 and (qzeros is None or n % 8 == 0)
+
+
 def cpu_misfit(qweight, scales, qzeros, g_idx, bits, group_size, packing, zero_offset, shape) -> str:
     k, n, _, _ = shape
     if bits != 4:
         return f"the CPU int4 kernel takes 4-bit weights, got bits = {bits}"
+    if not _aten_fits(group_size, n) and _compiled_fits(qzeros, group_size, n):
+        return _act_order(g_idx, k, group_size)[1]
     if group_size not in CPU_GROUP_SIZES:
         return f"the CPU int4 kernel takes group_size 32, 64, 128 or 256, got {group_size}"
     if n % 16:
@@ -106,11 +118,13 @@ def make_cpu_layout(qweight, scales, qzeros, g_idx, bits, group_size, packing, z
     perm, _ = _act_order(None if g_idx is None else g_idx.to(cpu), k, group_size)
     words = _sorted_rows(words, perm)
     scales = T.logical_scales(scales, packing).to(cpu).contiguous()
-    codes = T.unpack(words, 4, 0, CANONICAL.weight_order)  # [K, N]
-    weight = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes.t().to(torch.int32).contiguous(), 8)
-    z = torch.full_like(scales, 8, dtype=torch.float32) if zeros is None else zeros.to(torch.float32)
-    s = scales.to(torch.float32)
-    scales_and_zeros = torch.stack([s, (8 - z) * s], -1).to(torch.bfloat16).contiguous()
+    weight = scales_and_zeros = None
+    if _aten_fits(group_size, n):
+        codes = T.unpack(words, 4, 0, CANONICAL.weight_order)  # [K, N]
+        weight = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes.t().to(torch.int32).contiguous(), 8)
+        z = torch.full_like(scales, 8, dtype=torch.float32) if zeros is None else zeros.to(torch.float32)
+        s = scales.to(torch.float32)
+        scales_and_zeros = torch.stack([s, (8 - z) * s], -1).to(torch.bfloat16).contiguous()
     raw = None if zeros is None else T.pack_zeros(zeros, 4, CANONICAL.name, 0)
     return CpuLayout(weight, scales_and_zeros, words, scales, raw, perm, group_size)
 
@@ -200,7 +214,10 @@ _NATIVE = []  # [incq._native, its matmul_ops], once imported
 
 
 def _native():
-    """``incq._native.matmul_ops`` when the compiled kernels run, else None."""
+    """``incq._native.matmul_ops`` when the compiled kernels run (not while ``torch.compile``
+    traces), else None."""
+    if torch.compiler.is_compiling():
+        return None
     if not _NATIVE:
         from incq import _native
 
@@ -240,6 +257,8 @@ def _cpu_matmul(x2, L: CpuLayout, bias):
     if native is not None and dtype in native.DTYPES:
         return native.gemm(xs, L.qweight, L.scales, L.qzeros, g, bias)
     path = cpu_path(x2.shape[0], dtype)
+    if L.weight is None:  # a layer only the compiled kernels take, with them turned off
+        path = "dequantize"
     compute = torch.bfloat16 if dtype == torch.float16 else dtype
     xs = xs.to(compute).contiguous()
     if path == "int4":

@@ -33,13 +33,15 @@ class XpuLayout(NamedTuple):
 
 class CpuLayout(NamedTuple):
     """Operands of PyTorch's CPU int4 kernel ``aten._weight_int4pack_mm_for_cpu``, and the
-    GPTQ words the dequantizing paths read (``w4a16_matmul`` picks the path by M and dtype).
+    GPTQ words incq's compiled kernels and the dequantizing paths read (``layout_matmul`` picks
+    the path by M and dtype).
     """
 
-    #: uint8 ``[N, K/2]`` from ``aten._convert_weight_to_int4pack_for_cpu`` (layout ISA-dependent)
-    weight: Any
-    #: bfloat16 ``[G, N, 2]``: ``(s, (8 - z) * s)``, the kernel computing ``(q - 8) * s + zero``
-    scales_and_zeros: Any
+    #: uint8 ``[N, K/2]`` from ``aten._convert_weight_to_int4pack_for_cpu`` (layout ISA-dependent);
+    #: None for a layer only incq's compiled kernels take (group size or N outside the aten kernel's)
+    weight: Optional[Any]
+    #: bfloat16 ``[G, N, 2]``: ``(s, (8 - z) * s)``, the kernel computing ``(q - 8) * s + zero``; None with ``weight``
+    scales_and_zeros: Optional[Any]
     #: GPTQ int32 ``[K/8, N]``, raw, rows in the kernel's order (sorted by group)
     qweight: Any
     #: ``[G, N]``, the checkpoint's scale dtype

@@ -15,11 +15,8 @@ from incq._native import matmul_ops as _matmul
 #: operation -> the cases the compiled kernels run (everything else runs the torch backend)
 COVERS = {**_layout.COVERS, **_matmul.COVERS}
 
-_OWN = {name: getattr(_layout, name) for name in _layout.COVERS}
-_OWN.update({name: getattr(_matmul, name) for name in _matmul.COVERS})
+_OWNER = {**{name: _layout for name in _layout.COVERS}, **{name: _matmul for name in _matmul.COVERS}}
 
 
 def __getattr__(name: str):
-    if name in _OWN:
-        return _OWN[name]
-    return getattr(_torch, name)
+    return getattr(_OWNER.get(name, _torch), name)

@@ -87,6 +87,8 @@ def _blocks(x2, words, scales, zero_words, group_size, bias, zero_offset, zeros_
 
 
 def _fits(x, qweight, scales, qzeros, g_idx, bias, bits, group_size, packing) -> bool:
+    if torch.compiler.is_compiling():  # a compiled graph takes the torch backend's ops
+        return False
     if bits != 4 or packing not in (CANONICAL.name, AWQ.name) or group_size % 8:
         return False
     if any(t is not None and (t.device.type != "cpu" or t.dtype not in DTYPES) for t in (x, scales, bias)):
