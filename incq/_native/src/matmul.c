@@ -181,7 +181,14 @@ static inline __mmask16 lane_mask(int64_t cols, int v) {
 /* ------------------------------------------------------------------ AVX-512 float32 kernel */
 
 /* c += d * broadcast *xp, the broadcast in the memory operand (see BF16_DOT) */
-#define F32_FMA(c, d, xp) __asm__("vfmadd231ps %2%{1to16%}, %1, %0" : "+v"(c) : "v"(d), "m"(*(xp)))
+#define F32_FMA_MEM(c, d, xp) __asm__("vfmadd231ps %2%{1to16%}, %1, %0" : "+v"(c) : "v"(d), "m"(*(xp)))
+#define F32_FMA(R, c, d, xp)                                          \
+    do {                                                              \
+        if (R <= 2)                                                   \
+            c = _mm512_fmadd_ps(d, _mm512_set1_ps(*(xp)), c);         \
+        else                                                          \
+            F32_FMA_MEM(c, d, xp);                                    \
+    } while (0)
 
 #define F32_TILE(R)                                                                               \
     INCQ_TARGET_AVX512 static void tile_avx512_##R(const gemm_args *a, int64_t g, int64_t m0,     \
@@ -202,8 +209,8 @@ static inline __mmask16 lane_mask(int64_t cols, int v) {
                     const __m512 d1 = _mm512_permutexvar_ps(_mm512_srli_epi32(w, 4 * i + 4), lut); \
                     for (int mi = 0; mi < R; mi++) {                                              \
                         __m512 *c = acc[mi][v];                                                   \
-                        F32_FMA(c[0], d0, xr + mi * a->k + i);                                    \
-                        F32_FMA(c[PAR(R) - 1], d1, xr + mi * a->k + i + 1);                       \
+                        F32_FMA(R, c[0], d0, xr + mi * a->k + i);                                    \
+                        F32_FMA(R, c[PAR(R) - 1], d1, xr + mi * a->k + i + 1);                       \
                     }                                                                             \
                 }                                                                                 \
             }                                                                                     \
@@ -221,7 +228,17 @@ F32_TILE(4)
 /* c += dot(p, broadcast *xp) with the broadcast folded into the instruction's memory operand:
  * written in assembly because compilers hoist the broadcasts out of the loop over vectors
  * and then run out of registers for the accumulators. */
-#define BF16_DOT(c, p, xp) __asm__("vdpbf16ps %2%{1to16%}, %1, %0" : "+v"(c) : "v"(p), "m"(*(xp)))
+#define BF16_DOT_MEM(c, p, xp) __asm__("vdpbf16ps %2%{1to16%}, %1, %0" : "+v"(c) : "v"(p), "m"(*(xp)))
+#define BF16_DOT_REG(c, p, xp) c = _mm512_dpbf16_ps(c, (__m512bh)(p), (__m512bh)_mm512_set1_epi32((int)*(xp)))
+/* one or two rows: broadcasts in registers (hoisted, as a memory operand is slower); more rows:
+ * in the memory operand, leaving the registers to the accumulators */
+#define BF16_DOT(R, c, p, xp)        \
+    do {                             \
+        if (R <= 2)                  \
+            BF16_DOT_REG(c, p, xp);  \
+        else                         \
+            BF16_DOT_MEM(c, p, xp);  \
+    } while (0)
 
 #define BF16_TILE(R)                                                                              \
     INCQ_TARGET_AVX512BF16 static void tile_bf16_##R(const gemm_args *a, int64_t g, int64_t m0,   \
@@ -246,10 +263,10 @@ F32_TILE(4)
                 for (int mi = 0; mi < R; mi++) {                                                  \
                     const uint32_t *xm = xp + mi * half;                                          \
                     __m512 *c = acc[mi][v];                                                       \
-                    BF16_DOT(c[0], p0, xm);                                                    \
-                    BF16_DOT(c[PAR(R) - 1], p1, xm + 1);                                           \
-                    BF16_DOT(c[0], p2, xm + 2);                                                    \
-                    BF16_DOT(c[PAR(R) - 1], p3, xm + 3);                                           \
+                    BF16_DOT(R, c[0], p0, xm);                                                    \
+                    BF16_DOT(R, c[PAR(R) - 1], p1, xm + 1);                                           \
+                    BF16_DOT(R, c[0], p2, xm + 2);                                                    \
+                    BF16_DOT(R, c[PAR(R) - 1], p3, xm + 3);                                           \
                 }                                                                                 \
             }                                                                                     \
         }                                                                                         \
@@ -372,8 +389,8 @@ static PyObject *py_gemm(PyObject *self, PyObject *const *args, Py_ssize_t nargs
     }
     a.groups = a.k / a.group_size;
     if (a.m == 0) Py_RETURN_NONE;
-    uint32_t *pairs;
-    float *xf, *xsum, *y;
+    uint32_t *pairs = NULL;
+    float *xf = NULL, *xsum = NULL, *y = NULL;
     int failed;
     Py_BEGIN_ALLOW_THREADS
     failed = prepare(&a, &pairs, &xf, &xsum, &y);
