@@ -436,6 +436,10 @@ static void block_rows_portable(const block_args *b, int64_t r0, int64_t r1) {
     }
 }
 
+#ifndef BLOCK_PREFETCH
+#define BLOCK_PREFETCH 8 /* rows of words ahead (a block's rows are N words apart) */
+#endif
+
 #if INCQ_X86
 /* q as float without a conversion: the bits 0x4B000000 | q are the float 2**23 + q */
 #define BLOCK_BODY(STORE_BF16)                                                                    \
@@ -449,12 +453,17 @@ static void block_rows_portable(const block_args *b, int64_t r0, int64_t r1) {
             const __m512 s = scale_vector(a, g, b->n0 + j, mk);                                   \
             const __m512 z = zero_vector(a, g, b->n0 + j, mk, 8388608.0f);                        \
             const __m512i w = _mm512_maskz_loadu_epi32(mk, wrow + j);                             \
+            _mm_prefetch((const char *)(wrow + BLOCK_PREFETCH * a->n + j), _MM_HINT_T0);          \
             for (int i = 0; i < 8; i++) {                                                         \
                 const __m512i bits = _mm512_ternarylogic_epi32(_mm512_srli_epi32(w, 4 * i), nib, magic, 0xEA); \
                 const __m512 v = _mm512_mul_ps(_mm512_sub_ps(_mm512_castsi512_ps(bits), z), s);   \
                 const int64_t at = (8 * r + i) * b->nb + j;                                       \
-                if (b->w_dtype == INCQ_F32) _mm512_mask_storeu_ps((float *)b->w + at, mk, v);     \
-                else STORE_BF16((uint16_t *)b->w + at, mk, v);                                    \
+                if (b->w_dtype == INCQ_F32) {                                                     \
+                    if (mk == 0xffff) _mm512_storeu_ps((float *)b->w + at, v);                    \
+                    else _mm512_mask_storeu_ps((float *)b->w + at, mk, v);                        \
+                } else {                                                                          \
+                    STORE_BF16((uint16_t *)b->w + at, mk, v);                                     \
+                }                                                                                 \
             }                                                                                     \
         }                                                                                         \
     }
@@ -465,9 +474,15 @@ static void block_rows_portable(const block_args *b, int64_t r0, int64_t r1) {
         __m512i u = _mm512_castps_si512(v);                                                       \
         __m512i odd = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));           \
         u = _mm512_add_epi32(u, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7fff)));                \
-        _mm256_mask_storeu_epi16(p, mk, _mm512_cvtepi32_epi16(_mm512_srli_epi32(u, 16)));         \
+        STORE_HALVES(p, mk, _mm512_cvtepi32_epi16(_mm512_srli_epi32(u, 16)));                     \
     } while (0)
-#define STORE_BF16_NATIVE(p, mk, v) _mm256_mask_storeu_epi16(p, mk, (__m256i)_mm512_cvtneps_pbh(v))
+#define STORE_BF16_NATIVE(p, mk, v) STORE_HALVES(p, mk, (__m256i)_mm512_cvtneps_pbh(v))
+/* 16 bfloat16 values, unmasked when all lanes are written (masked stores are slow on some CPUs) */
+#define STORE_HALVES(p, mk, h)                                                                    \
+    do {                                                                                          \
+        if ((mk) == 0xffff) _mm256_storeu_si256((__m256i *)(p), h);                               \
+        else _mm256_mask_storeu_epi16(p, mk, h);                                                  \
+    } while (0)
 
 INCQ_TARGET_AVX512 static void block_rows_avx512(const block_args *b, int64_t r0, int64_t r1) {
     BLOCK_BODY(STORE_BF16_INT)
