@@ -10,7 +10,7 @@ a run takes over a second), the candidates interleaved round-robin. Columns:
 - ``path``: the path ``layout_matmul`` takes (``native-fused``: incq's compiled fused kernel;
   ``native-blocks``: compiled dequantization of column blocks + torch's GEMM);
 - ``incq``: its time with the weights in the cache (the layer called again); ``cold``: coming
-  from memory (64 MiB written before each run, as in a model whose weights exceed the cache);
+  from memory (64 MiB read before each run, as in a model whose weights exceed the cache);
   ``GB/s``: weight bytes read per second when cold (int4 codes, scales and zero points) and
   ``%bw`` that as a share of this machine's read bandwidth, measured first by summing 1 GiB;
 - ``dense``: ``F.linear`` with a dense weight (bfloat16 for float16 x: the CPU's float16 GEMM is
@@ -44,7 +44,7 @@ def timed(fns: dict, reps: int, budget_s: float = 1.0) -> dict:
     state; a function whose first run takes over ``budget_s`` is not repeated, and five times
     ``reps`` rounds are run when every function takes under 10 ms. Each timed run follows an
     untimed run of the same call (warm, as for a layer called again), except for names ending
-    in "cold", which follow writing 64 MiB (more than this machine's last-level cache), so that
+    in "cold", which follow reading 64 MiB (more than this machine's last-level cache), so that
     their weights come from memory."""
     first = {}
     for name, fn in fns.items():
@@ -57,7 +57,7 @@ def timed(fns: dict, reps: int, budget_s: float = 1.0) -> dict:
     for _ in range(rounds):
         for name in repeat:
             if name.endswith("cold"):
-                _FLUSH.add_(1)
+                _FLUSH.sum()  # read 64 MiB: the weights leave the cache, and no dirty lines are left to write back
             else:
                 fns[name]()  # warm: the same call just before, as for a layer called again
             t0 = time.perf_counter()

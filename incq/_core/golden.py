@@ -300,20 +300,13 @@ def maximum(a: np.ndarray, value: int) -> np.ndarray:
 
 # --------------------------------------------------------------------------- GGUF blocks (incq._core.gguf)
 
-
-def gguf_range(*args):
-    from incq._core import gguf as _gguf
-
-    return _gguf.gguf_range(*args)
+#: the GGUF block functions, which live in incq._core.gguf (it imports this module)
+_GGUF = ("gguf_range", "to_gguf_blocks", "from_gguf_blocks")
 
 
-def to_gguf_blocks(*args):
-    from incq._core import gguf as _gguf
+def __getattr__(name: str):
+    if name in _GGUF:
+        from incq._core import gguf as _gguf
 
-    return _gguf.to_gguf_blocks(*args)
-
-
-def from_gguf_blocks(*args):
-    from incq._core import gguf as _gguf
-
-    return _gguf.from_gguf_blocks(*args)
+        return getattr(_gguf, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -112,6 +112,17 @@ def destination(dst) -> Path:
     return dst.parent.resolve() / dst.name
 
 
+def open_source(src, dst, force: bool, follow_symlinks: bool):
+    """``(src, dst, checkpoint, layers)`` of a conversion: SRC opened read-only, DST checked
+    (absent, or incq's own output with ``--force``)."""
+    if not Path(src).is_dir():
+        raise ck.CheckpointError(f"{src}: no such checkpoint directory")
+    src, dst = Path(src).resolve(), destination(dst)
+    fs.check_destination(src, dst, force)
+    ckpt = ck.open_checkpoint(src, follow_symlinks)
+    return src, dst, ckpt, ck.find_layers(ckpt)
+
+
 def _write_configs(ckpt, tmp: Path, new_config: dict) -> list[str]:
     """The new quantization config into config.json (when present), quantization_config.json and,
     when the source had one, quantize_config.json. Returns the names written."""
@@ -146,12 +157,7 @@ def convert(src, dst, to: str | None, zeros: str | None, force: bool = False, wo
     if zeros is not None and (to is None or formats.get(to).zero_offsets != (0, 1)):
         raise ck.CheckpointError(f"--zeros applies to --to gptq only ({'the runtime target' if to is None else to} "
                                  "has one zero-point convention)")
-    if not Path(src).is_dir():
-        raise ck.CheckpointError(f"{src}: no such checkpoint directory")
-    src, dst = Path(src).resolve(), destination(dst)
-    fs.check_destination(src, dst, force)
-    ckpt = ck.open_checkpoint(src, follow_symlinks)
-    layers = ck.find_layers(ckpt)
+    src, dst, ckpt, layers = open_source(src, dst, force, follow_symlinks)
     if runtime is not None:
         to, zero_offset, sym, native = _targets.choose_for_runtime(ckpt, layers, runtime)
     else:

@@ -292,14 +292,9 @@ def add_metadata(writer, ckpt, config: dict, planned: list[Planned]) -> int:
 
 def convert(src, dst, gguf_type: str | None, force: bool, quiet: bool, follow_symlinks: bool) -> int:
     gguf = _gguf()
-    from incq._tool.cli import destination
+    from incq._tool.cli import open_source
 
-    if not Path(src).is_dir():
-        raise ck.CheckpointError(f"{src}: no such checkpoint directory")
-    src, dst = Path(src).resolve(), destination(dst)
-    fs.check_destination(src, dst, force)
-    ckpt = ck.open_checkpoint(src, follow_symlinks)
-    layers = ck.find_layers(ckpt)
+    src, dst, ckpt, layers = open_source(src, dst, force, follow_symlinks)
     config = _model_config(ckpt)
     _confine_tokenizer(ckpt, follow_symlinks)
     planned = plan(ckpt, layers, config, gguf_type)

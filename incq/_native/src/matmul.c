@@ -29,8 +29,19 @@
 #define TILE 64 /* output columns a kernel call keeps in registers (four vectors of 16) */
 #define MR 4    /* rows of x handled together */
 #ifndef PREFETCH
-#define PREFETCH 256 /* words ahead in a row of words that the kernels prefetch */
+#define PREFETCH 256 /* words ahead in a row of words that the kernels prefetch into L1 */
 #endif
+#ifndef PREFETCH_FAR
+#define PREFETCH_FAR 2048 /* and into L2, from memory */
+#endif
+/* the next tiles' words of this row: into L1 soon, into L2 from further ahead */
+#define PREFETCH_ROW(wrow)                                                        \
+    do {                                                                          \
+        for (int f = 0; f < TILE; f += 16) {                                      \
+            _mm_prefetch((const char *)((wrow) + PREFETCH + f), _MM_HINT_T0);     \
+            if (PREFETCH_FAR) _mm_prefetch((const char *)((wrow) + PREFETCH_FAR + f), _MM_HINT_T1); \
+        }                                                                         \
+    } while (0)
 
 typedef struct {
     const void *x; /* [M, K] with row stride x_ld */
@@ -180,15 +191,20 @@ static inline __mmask16 lane_mask(int64_t cols, int v) {
 
 /* ------------------------------------------------------------------ AVX-512 float32 kernel */
 
+/* For one or two rows of x the broadcasts of x stay in registers (hoisted out of the loop over
+ * vectors; a memory operand is slower there); for more rows they are the instruction's memory
+ * operand, leaving the registers to the accumulators. R is a constant: one branch remains. */
+#define BY_ROWS(R, IN_REGISTERS, IN_MEMORY) \
+    do {                                    \
+        if ((R) <= 2)                       \
+            IN_REGISTERS;                   \
+        else                                \
+            IN_MEMORY;                      \
+    } while (0)
+
 /* c += d * broadcast *xp, the broadcast in the memory operand (see BF16_DOT) */
 #define F32_FMA_MEM(c, d, xp) __asm__("vfmadd231ps %2%{1to16%}, %1, %0" : "+v"(c) : "v"(d), "m"(*(xp)))
-#define F32_FMA(R, c, d, xp)                                          \
-    do {                                                              \
-        if (R <= 2)                                                   \
-            c = _mm512_fmadd_ps(d, _mm512_set1_ps(*(xp)), c);         \
-        else                                                          \
-            F32_FMA_MEM(c, d, xp);                                    \
-    } while (0)
+#define F32_FMA(R, c, d, xp) BY_ROWS(R, c = _mm512_fmadd_ps(d, _mm512_set1_ps(*(xp)), c), F32_FMA_MEM(c, d, xp))
 
 #define F32_TILE(R)                                                                               \
     INCQ_TARGET_AVX512 static void tile_avx512_##R(const gemm_args *a, int64_t g, int64_t m0,     \
@@ -198,10 +214,7 @@ static inline __mmask16 lane_mask(int64_t cols, int v) {
         for (int64_t r = g * per; r < (g + 1) * per; r++) {                                       \
             const int32_t *wrow = a->qweight + r * a->n + n0;                                     \
             const float *xr = a->xf + m0 * a->k + 8 * r;                                          \
-            _mm_prefetch((const char *)(wrow + PREFETCH), _MM_HINT_T0);                             \
-            _mm_prefetch((const char *)(wrow + PREFETCH + 16), _MM_HINT_T0);                        \
-            _mm_prefetch((const char *)(wrow + PREFETCH + 32), _MM_HINT_T0);                        \
-            _mm_prefetch((const char *)(wrow + PREFETCH + 48), _MM_HINT_T0);                        \
+            PREFETCH_ROW(wrow);                                                                   \
             for (int v = 0; v < 4; v++) {                                                         \
                 const __m512i w = _mm512_maskz_loadu_epi32(mk[v], wrow + 16 * v);                 \
                 for (int i = 0; i < 8; i += 2) {                                                  \
@@ -230,15 +243,7 @@ F32_TILE(4)
  * and then run out of registers for the accumulators. */
 #define BF16_DOT_MEM(c, p, xp) __asm__("vdpbf16ps %2%{1to16%}, %1, %0" : "+v"(c) : "v"(p), "m"(*(xp)))
 #define BF16_DOT_REG(c, p, xp) c = _mm512_dpbf16_ps(c, (__m512bh)(p), (__m512bh)_mm512_set1_epi32((int)*(xp)))
-/* one or two rows: broadcasts in registers (hoisted, as a memory operand is slower); more rows:
- * in the memory operand, leaving the registers to the accumulators */
-#define BF16_DOT(R, c, p, xp)        \
-    do {                             \
-        if (R <= 2)                  \
-            BF16_DOT_REG(c, p, xp);  \
-        else                         \
-            BF16_DOT_MEM(c, p, xp);  \
-    } while (0)
+#define BF16_DOT(R, c, p, xp) BY_ROWS(R, BF16_DOT_REG(c, p, xp), BF16_DOT_MEM(c, p, xp))
 
 #define BF16_TILE(R)                                                                              \
     INCQ_TARGET_AVX512BF16 static void tile_bf16_##R(const gemm_args *a, int64_t g, int64_t m0,   \
@@ -249,10 +254,7 @@ F32_TILE(4)
         for (int64_t r = g * per; r < (g + 1) * per; r++) {                                       \
             const int32_t *wrow = a->qweight + r * a->n + n0;                                     \
             const uint32_t *xp = a->xpairs + m0 * half + 4 * r;                                   \
-            _mm_prefetch((const char *)(wrow + PREFETCH), _MM_HINT_T0);                             \
-            _mm_prefetch((const char *)(wrow + PREFETCH + 16), _MM_HINT_T0);                        \
-            _mm_prefetch((const char *)(wrow + PREFETCH + 32), _MM_HINT_T0);                        \
-            _mm_prefetch((const char *)(wrow + PREFETCH + 48), _MM_HINT_T0);                        \
+            PREFETCH_ROW(wrow);                                                                   \
             for (int v = 0; v < 4; v++) {                                                         \
                 const __m512i w = _mm512_maskz_loadu_epi32(mk[v], wrow + 16 * v);                 \
                 /* (w >> 4p) & 0x000F000F | 0x43004300: bfloat16 128 + q, rows 8r+p, 8r+p+4 */     \
