@@ -13,6 +13,7 @@ native = Extension(
     depends=["incq/_native/src/incq_native.h"],
     extra_compile_args=[] if sys.platform == "win32" else flags,
     extra_link_args=[] if sys.platform == "win32" else ["-pthread"],
+    libraries=[] if sys.platform == "win32" else ["dl"],
     optional=True,
 )
 

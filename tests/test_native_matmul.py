@@ -127,17 +127,28 @@ def test_empty_x_gives_empty_output(variant):
     assert y.shape == (0, 32) and y.dtype == torch.bfloat16
 
 
-def test_threads_split_columns_without_changing_a_bit(variant):
+@pytest.mark.parametrize("pool", ["openmp", "pthreads"])
+def test_threads_split_columns_without_changing_a_bit(variant, pool):
+    """On torch's OpenMP team (where its libgomp is loaded, as in every CPU build of torch) and
+    on incq's own pthreads alike."""
+    from incq._native import _ext
+
     tensors, kwargs = layer(512, 1040, 128, dtype=torch.float32)
     x = activations((3, 512), torch.float32)
     threads = torch.get_num_threads()
     try:
+        _ext.set_threads(pool)
+        assert _ext.threads() == pool
         torch.set_num_threads(1)
         one = incq.w4a16_matmul(x, *tensors, **kwargs)
         torch.set_num_threads(4)
         four = incq.w4a16_matmul(x, *tensors, **kwargs)
+        blocks = matmul_ops.gemm(x, *tensors[:3], 128, force="blocks")
+        torch.set_num_threads(1)
+        assert torch.equal(matmul_ops.gemm(x, *tensors[:3], 128, force="blocks"), blocks)
     finally:
         torch.set_num_threads(threads)
+        _ext.set_threads("openmp")
     assert torch.equal(one, four)
 
 

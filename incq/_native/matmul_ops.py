@@ -4,7 +4,8 @@
 scales ``[G, N]``, zero words ``[G, N/8]``); :func:`w4a16_matmul` is the backend function for
 a layer's own tensors, and ``incq._kernels.torch_kernels`` calls :func:`gemm` for a prepared
 CPU layout. Rows of x beyond :data:`FUSED_MAX_ROWS` dequantize blocks of columns with the
-compiled kernel and multiply them with torch's GEMM (``specs/kernels.md``).
+compiled kernel and multiply them with torch's GEMM (``specs/kernels.md``). Both run their
+threads on torch's own OpenMP team where torch's libgomp is loaded (``src/module.c``).
 """
 
 from __future__ import annotations
@@ -29,14 +30,19 @@ def _address(t) -> int:
 
 
 #: the most rows of x the fused kernel takes, per x dtype; more rows dequantize blocks of
-#: :data:`BLOCK_COLUMNS` columns and multiply them with torch's GEMM. Measured on a 2-core
-#: AVX-512 BF16 machine (4096 x 11008, group 128, one thread): the fused kernel costs ~0.65 ms
-#: per row in bfloat16 and ~1.3 ms in float32; dequantized blocks cost ~8 ms plus torch's GEMM,
-#: ~0.45 ms per row in bfloat16 and ~1.6 ms in float32 (specs/kernels.md has the table).
-FUSED_MAX_ROWS = {torch.bfloat16: 48, torch.float16: 48, torch.float32: 1024}
-#: columns of W dequantized at a time for the GEMM path (K x 128 bfloat16: 1 MiB for K = 4096,
-#: about the L2 cache of one core)
-BLOCK_COLUMNS = 128
+#: columns and multiply them with torch's GEMM. Measured on a 2-core AVX-512 BF16 machine
+#: (4096 x 11008, group 128, 1 and 2 threads, interleaved with dense in one run): in bfloat16
+#: the two cross near M = 64, in float32 (whose dense GEMM is slower) near M = 256
+#: (specs/kernels.md has the table).
+FUSED_MAX_ROWS = {torch.bfloat16: 64, torch.float16: 64, torch.float32: 256}
+
+
+def block_columns(threads: int) -> int:
+    """Columns of W dequantized at a time for the GEMM path: 128 on one thread (K x 128
+    bfloat16 is 1 MiB for K = 4096, about one core's L2), 512 per thread on more, so that each
+    of torch's GEMM threads gets a share of useful width (measured: 1 thread 128 columns
+    ~10% faster than 1024; 2 threads 1024 ~20% faster than 128)."""
+    return 128 if threads <= 1 else 512 * threads
 
 
 def path(m: int, dtype) -> str:
@@ -73,10 +79,11 @@ def _blocks(x2, words, scales, zero_words, group_size, bias, zero_offset, zeros_
     compute = torch.float32 if x2.dtype == torch.float32 else torch.bfloat16
     xs = x2.to(compute)
     y = torch.empty(m, n, dtype=compute)
-    block = torch.empty(k, min(n, BLOCK_COLUMNS), dtype=compute)
     threads = torch.get_num_threads()
-    for n0 in range(0, n, BLOCK_COLUMNS):
-        nb = min(BLOCK_COLUMNS, n - n0)
+    columns = block_columns(threads)
+    block = torch.empty(k, min(n, columns), dtype=compute)
+    for n0 in range(0, n, columns):
+        nb = min(columns, n - n0)
         w = block if nb == block.shape[1] else torch.empty(k, nb, dtype=compute)
         _ext.dequantize_block(words.data_ptr(), n, k, scales.data_ptr(), DTYPES[scales.dtype], _address(zero_words),
                               zero_offset, int(zeros_awq), group_size, n0, nb, w.data_ptr(), DTYPES[compute], threads)

@@ -86,8 +86,11 @@ def paths_report() -> list[str]:
         return [f"compiled CPU kernels: off ({why}); torch CPU tensors run the torch backend"]
     from incq._native import backend
 
+    from incq._native import _ext
+
+    pool = "torch's OpenMP threads" if _ext.threads() == "openmp" else "incq's own threads"
     lines = [f"compiled CPU kernels: {variant} (this CPU runs {', '.join(_native.supported())}; "
-             f"{_native.ENV} forces one, or off)"]
+             f"{_native.ENV} forces one, or off); {torch.get_num_threads()} of {pool}"]
     for name in OPERATIONS:
         how = f"compiled: {backend.COVERS[name]}; other cases torch" if name in backend.COVERS else "torch"
         lines.append(f"  {name:<18} {how}")

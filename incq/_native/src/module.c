@@ -2,8 +2,9 @@
  * argument parsing and the merged method table of the kernel files. */
 #include "incq_native.h"
 
+#include <dlfcn.h>
+#include <link.h>
 #include <pthread.h>
-#include <stdatomic.h>
 
 const char *const incq_isa_names[INCQ_ISA_COUNT] = {"portable", "avx2", "avx512", "avx512bf16"};
 int incq_isa = INCQ_PORTABLE;
@@ -121,6 +122,55 @@ static void after_fork_child(void) {
     pool.remaining = 0;
 }
 
+/* ------------------------------------------------------------------ torch's OpenMP threads
+ *
+ * PyTorch's CPU builds run their own operations on a libgomp thread team, whose threads spin
+ * for a while after each parallel operation before they sleep. A second pool of threads started
+ * right after a torch operation finds its cores taken by those spinning threads. So when the
+ * process has libgomp loaded (torch's own copy: found among the loaded objects, never loaded
+ * by incq), the kernels' chunks run on that same team through GOMP_parallel, the entry point
+ * of `#pragma omp parallel`, stable since GCC 4.9; otherwise on the pthread pool above. */
+
+typedef void (*gomp_parallel_fn)(void (*)(void *), void *, unsigned, unsigned);
+static gomp_parallel_fn gomp_parallel;
+static int (*gomp_thread_num)(void);
+static int gomp_searched, use_gomp = 1;
+
+static int find_gomp(struct dl_phdr_info *info, size_t size, void *data) {
+    (void)size;
+    (void)data;
+    if (!info->dlpi_name || !strstr(info->dlpi_name, "libgomp")) return 0;
+    void *lib = dlopen(info->dlpi_name, RTLD_NOW | RTLD_NOLOAD);
+    if (!lib) return 0;
+    gomp_parallel_fn parallel = (gomp_parallel_fn)dlsym(lib, "GOMP_parallel");
+    int (*thread_num)(void) = (int (*)(void))dlsym(lib, "omp_get_thread_num");
+    if (!parallel || !thread_num) return 0;
+    gomp_parallel = parallel;
+    gomp_thread_num = thread_num;
+    return 1;
+}
+
+static int have_gomp(void) {
+    if (!gomp_searched) {
+        gomp_searched = 1;
+        dl_iterate_phdr(find_gomp, NULL);
+    }
+    return use_gomp && gomp_parallel;
+}
+
+typedef struct {
+    incq_task fn;
+    void *ctx;
+    int64_t total, chunk;
+} team_job;
+
+static void team_chunk(void *arg) {
+    const team_job *job = arg;
+    int64_t b = (int64_t)gomp_thread_num() * job->chunk, e = b + job->chunk;
+    if (e > job->total) e = job->total;
+    if (b < e) job->fn(job->ctx, b, e);
+}
+
 void incq_parallel_for(int threads, int64_t total, int64_t grain, incq_task fn, void *ctx) {
     if (total <= 0) return;
     if (grain < 1) grain = 1;
@@ -129,6 +179,11 @@ void incq_parallel_for(int threads, int64_t total, int64_t grain, incq_task fn, 
     if (threads > blocks) threads = (int)blocks;
     if (threads <= 1) {
         fn(ctx, 0, total);
+        return;
+    }
+    if (have_gomp()) {
+        team_job job = {fn, ctx, total, ((blocks + threads - 1) / threads) * grain};
+        gomp_parallel(team_chunk, &job, (unsigned)threads, 0);
         return;
     }
     pthread_mutex_lock(&call_lock);
@@ -202,10 +257,29 @@ static PyObject *py_set_isa(PyObject *self, PyObject *arg) {
 
 static PyObject *py_get_isa(PyObject *self, PyObject *unused) { return PyUnicode_FromString(incq_isa_names[incq_isa]); }
 
+static PyObject *py_threads(PyObject *self, PyObject *unused) {
+    return PyUnicode_FromString(have_gomp() ? "openmp" : "pthreads");
+}
+
+static PyObject *py_set_threads(PyObject *self, PyObject *arg) {
+    const char *name = PyUnicode_AsUTF8(arg);
+    if (!name) return NULL;
+    if (strcmp(name, "openmp") && strcmp(name, "pthreads"))
+        return PyErr_Format(PyExc_ValueError, "threads must be 'openmp' or 'pthreads', got %s", name);
+    use_gomp = !strcmp(name, "openmp");
+    if (use_gomp && !have_gomp()) {
+        use_gomp = 0;
+        return PyErr_Format(PyExc_ValueError, "no OpenMP runtime (libgomp) is loaded in this process");
+    }
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef core_methods[] = {
     {"supported", py_supported, METH_NOARGS, "The instruction-set variants this CPU runs, slowest first."},
     {"set_isa", py_set_isa, METH_O, "Choose the variant the kernels run."},
     {"get_isa", py_get_isa, METH_NOARGS, "The variant the kernels run."},
+    {"threads", py_threads, METH_NOARGS, "Which threads run the chunks: 'openmp' (torch's libgomp team) or 'pthreads'."},
+    {"set_threads", py_set_threads, METH_O, "Run the chunks on 'openmp' or 'pthreads' threads (for tests)."},
     {NULL, NULL, 0, NULL},
 };
 
