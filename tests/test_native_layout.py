@@ -117,6 +117,7 @@ def _fail(*args, **kwargs):
     ("dequantize", lambda: check_dequantize(4, "gptq", 32, 32, 16, torch.bfloat16, act=True)),
     ("dequantize", lambda: check_dequantize(3, "compressed-tensors", 32, 37, 16, torch.float16, sym=True)),
     ("unpack", lambda: incq.unpack(tensor(words((3, 5))), 4, axis=1, order="awq")),
+    ("unpack", lambda: incq.unpack(tensor(words((3, 5))), 4)),
     ("convert_zeros", lambda: incq.awq_zeros_to_gptq(tensor(words((2, 4)) & 0x77777777 | 0x11111111), zero_offset=1)),
     ("convert_zeros", lambda: incq.gptq_zeros_to_awq(tensor(words((2, 4))), zero_offset=1)),
     ("pack_zeros", lambda: incq.pack_zeros(tensor(np.full((2, 16), 3, np.uint8)), 2, zero_offset=1)),
@@ -128,6 +129,18 @@ def test_covered_cases_run_compiled(monkeypatch, name, call):
                      "_dequantize", "pack", "add_block_constant"):
         monkeypatch.setattr(torch_backend, fallback, _fail)
     call()
+
+
+@pytest.mark.parametrize("bits", [2, 4, 8])
+@pytest.mark.parametrize("shape", [(2, 5), (7, 1), (65, 33)])
+def test_unpack_along_axis_0_every_code(variant, threads, bits, shape):
+    """GPTQ qweight [K * bits / 32, N] -> codes [K, N]: every code in every slot."""
+    rows, n = shape
+    codes = (np.arange(rows * 32 // bits * n).reshape(rows * 32 // bits, n) * 7 % (1 << bits)).astype(np.uint8)
+    packed = incq.pack(codes, bits)
+    got = incq.unpack(tensor(packed), bits)
+    assert torch.equal(got, torch.from_numpy(incq.unpack(packed, bits)))
+    assert torch.equal(got, torch.from_numpy(codes))
 
 
 # --------------------------------------------------------------------------- dequantize
@@ -200,6 +213,7 @@ def test_dequantize_wide_odd_and_threads(variant, threads, dtype, packing):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
 def test_dequantize_negative_zero_subnormal_and_overflow(variant, dtype):
     """q == z with s < 0 gives -0.0; subnormal scales (bfloat16: no flush to zero); products
     that overflow the 16-bit types give inf."""

@@ -24,7 +24,7 @@ COVERS: dict[str, str] = {
     "unpack_zeros": "2/4/8-bit GPTQ and 4-bit AWQ, raw and v1",
     "pack_zeros": "2/4/8-bit GPTQ and 4-bit AWQ, raw and v1",
     "convert_zeros": "4-bit AWQ <-> GPTQ words, raw and v1, in one pass (awq_zeros_to_gptq, gptq_zeros_to_awq)",
-    "unpack": "2/4/8-bit sequential and 4-bit AWQ order along the last axis",
+    "unpack": "2/4/8-bit sequential along the last axis or axis 0 of 2-d words, 4-bit AWQ order along the last axis",
 }
 
 #: torch dtype -> the kernels' element-type code (incq_native.h)
@@ -168,6 +168,13 @@ def convert_zeros(qzeros, bits, src, src_zero_offset, dst, dst_zero_offset, clam
 
 def unpack(packed: torch.Tensor, bits: int, axis: int, order: str) -> torch.Tensor:
     awq = order == formats.INTERLEAVED
+    if (bits in _ONES and not awq and axis == 0 and packed.ndim == 2 and _cpu(packed) and packed.numel()
+            and packed.shape[0] != 1):  # GPTQ qweight: along K
+        src = packed.contiguous()
+        rows, n = src.shape
+        out = torch.empty((rows * 32 // bits, n), dtype=torch.uint8)
+        _ext.unpack_cols(src.data_ptr(), out.data_ptr(), rows, n, bits, _threads())
+        return out
     if (bits not in _ONES or (awq and bits != 4) or axis != packed.ndim - 1 or not _cpu(packed)
             or packed.numel() == 0):
         return _torch.unpack(packed, bits, axis, order)

@@ -621,6 +621,54 @@ static PyObject *py_rows(PyObject *const *args, Py_ssize_t nargs, int pack) {
 static PyObject *py_unpack_row(PyObject *self, PyObject *const *args, Py_ssize_t nargs) { return py_rows(args, nargs, 0); }
 static PyObject *py_pack_row(PyObject *self, PyObject *const *args, Py_ssize_t nargs) { return py_rows(args, nargs, 1); }
 
+/* Sequential words [R, N] -> codes [R * 32/bits, N] along axis 0 (GPTQ qweight): code i of
+ * word (r, n), bits bits * i and up, is out[r * 32/bits + i, n]. One row of words at a time,
+ * written as 32/bits rows of bytes; the compiler vectorizes the loop over n. */
+#define UNPACK_COLS_BODY                                                                          \
+    const int per = 32 / a->bits;                                                                 \
+    const uint32_t mask = (1u << a->bits) - 1;                                                    \
+    for (int64_t r = r0; r < r1; r++) {                                                           \
+        const uint32_t *src = (const uint32_t *)a->src + r * a->n;                                \
+        for (int i = 0; i < per; i++) {                                                           \
+            uint8_t *dst = (uint8_t *)a->dst + (r * per + i) * a->n;                              \
+            const int shift = a->bits * i;                                                        \
+            for (int64_t n = 0; n < a->n; n++) dst[n] = (uint8_t)((src[n] >> shift) & mask);      \
+        }                                                                                         \
+    }
+
+typedef struct {
+    const void *src;
+    void *dst;
+    int64_t n;
+    int bits;
+} cols_args;
+
+static void unpack_cols_portable(const cols_args *a, int64_t r0, int64_t r1) { UNPACK_COLS_BODY }
+#if INCQ_X86
+INCQ_TARGET_AVX2 static void unpack_cols_avx2(const cols_args *a, int64_t r0, int64_t r1) { UNPACK_COLS_BODY }
+INCQ_TARGET_AVX512 static void unpack_cols_avx512(const cols_args *a, int64_t r0, int64_t r1) { UNPACK_COLS_BODY }
+#endif
+
+static void cols_task(void *ctx, int64_t r0, int64_t r1) {
+#if INCQ_X86
+    if (incq_isa >= INCQ_AVX512) return unpack_cols_avx512(ctx, r0, r1);
+    if (incq_isa >= INCQ_AVX2) return unpack_cols_avx2(ctx, r0, r1);
+#endif
+    unpack_cols_portable(ctx, r0, r1);
+}
+
+/* unpack_cols(src, dst, rows, n, bits, threads) */
+static PyObject *py_unpack_cols(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    int64_t v[6];
+    if (incq_int_args("unpack_cols", args, nargs, 6, v)) return NULL;
+    cols_args a = {INCQ_PTR(v[0]), INCQ_PTR(v[1]), v[3], (int)v[4]};
+    if (a.bits != 2 && a.bits != 4 && a.bits != 8) return PyErr_Format(PyExc_ValueError, "unpack_cols: bits %d", a.bits);
+    Py_BEGIN_ALLOW_THREADS
+    incq_parallel_for((int)v[5], v[2], 1, cols_task, &a);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
 /* convert_zeros(src, dst, words, from_awq, from_add, to_awq, to_add, clamp) -> index of the first
  * zero point of 0 (in code order: word * 8 + position), or -1 */
 static PyObject *py_convert_zeros(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
@@ -664,6 +712,8 @@ PyMethodDef incq_layout_methods[] = {
      "gptq_to_awq(src, dst, K/8, N/8, threads): GPTQ words [K/8, N] -> AWQ words [K, N/8] (layout.c)."},
     {"dequantize", (PyCFunction)(void (*)(void))py_dequantize, METH_FASTCALL,
      "dequantize(kind, bits, w, rs, cs, K, N, G, z, s, g_idx, group_size, out, dtype, threads) (layout.c)."},
+    {"unpack_cols", (PyCFunction)(void (*)(void))py_unpack_cols, METH_FASTCALL,
+     "unpack_cols(src, dst, rows, n, bits, threads): words -> codes along axis 0 (layout.c)."},
     {"unpack_row", (PyCFunction)(void (*)(void))py_unpack_row, METH_FASTCALL,
      "unpack_row(src, dst, words, bits, awq, add, threads): words -> codes along a row (layout.c)."},
     {"pack_row", (PyCFunction)(void (*)(void))py_pack_row, METH_FASTCALL,
