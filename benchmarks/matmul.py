@@ -18,7 +18,9 @@ a run takes over a second), the candidates interleaved round-robin. Columns:
 - ``aten``: PyTorch's own CPU int4 kernel ``aten._weight_int4pack_mm_for_cpu`` (bfloat16 x;
   float16 x converted), the anchor incq's compiled kernels replace;
 - ``torch``: incq without its compiled kernels (``INCQ_ISA=off``): the paths of the torch backend;
-- ``vllm``: vLLM's CPU int4 GEMM when vLLM's CPU build is installed (a row of dashes otherwise).
+- ``vllm``: vLLM's CPU W4A16 GEMM (``cpu_gemm_wna16``, its kernel for CPUs without AMX) on the
+  same weights, when vLLM's CPU build is installed (``bash tests/interop/run.sh`` makes such an
+  environment: ``.venv-interop/bin/python benchmarks/matmul.py``); dashes otherwise.
 """
 
 from __future__ import annotations
@@ -74,12 +76,41 @@ def read_bandwidth() -> float:
 
 
 def vllm_kernel():
-    """vLLM's CPU W4A16 op, when vLLM's CPU build is installed, else None."""
+    """vLLM's CPU W4A16 GEMM (``torch.ops._C.cpu_gemm_wna16``, vLLM's CPU build) as
+    ``prepare(layout) -> operands`` and ``run(x, operands)``, or None when it is not installed."""
     try:
-        import vllm._custom_ops as ops  # noqa: F401
-    except Exception:
+        import vllm._custom_ops  # noqa: F401  (registers torch.ops._C)
+        op = torch.ops._C.cpu_gemm_wna16
+    except (ImportError, AttributeError, RuntimeError):
         return None
-    return getattr(torch.ops._C, "cpu_gemm_wna16", None) if hasattr(torch.ops, "_C") else None
+
+    def prepare(layout):
+        # vLLM's CPUWNA16 weight processing: codes packed 8 to a word along N, then blocks of 16
+        # output columns made contiguous along K
+        codes = incq.unpack(layout.qweight, 4).to(torch.int32)  # [K, N]
+        k, n = codes.shape
+        words = incq.pack(codes.to(torch.uint8), 4, axis=1)  # [K, N/8], sequential along N
+        blocked = words.view(k, n // 16, 2).permute(1, 0, 2).reshape(n // 16, k * 2).contiguous()
+        return blocked, layout.qzeros
+
+    def run(x, operands, scales):
+        blocked, zeros = operands
+        out = torch.empty(x.shape[0], scales.shape[1], dtype=x.dtype)
+        op(x, blocked, out, scales, zeros, None, 8, "amx" if torch.cpu._is_amx_tile_supported() else "vec")
+        return out
+
+    return prepare, run
+
+
+def vllm_agrees(vllm, operands, x, layout) -> bool:
+    """Whether vLLM's kernel takes x's dtype and gives incq's product (within bfloat16's
+    tolerance: both round differently), so that its row times the same computation."""
+    try:
+        got = vllm[1](x[:2], operands, layout.scales).float()
+    except RuntimeError:
+        return False
+    want = incq.layout_matmul(x[:2], layout).float()
+    return bool(((got - want).abs() <= 0.02 * want.abs().mean() + 0.02 * want.abs()).all())
 
 
 def without_native(run):
@@ -127,6 +158,7 @@ def main(argv=None) -> None:
                 dtype = DTYPES[dtype_name]
                 s = scales.to(dtype)
                 layout = incq.make_cpu_layout(qweight, s, qzeros, group_size=128)
+                vllm_operands = vllm[0](layout) if vllm is not None else None
                 weight_bytes = k * n // 2 + s.numel() * s.element_size() + qzeros.numel() * 4
                 dense_dtype = torch.bfloat16 if dtype == torch.float16 else dtype
                 dense = w.to(dense_dtype).t().contiguous()  # F.linear's [N, K]
@@ -149,8 +181,8 @@ def main(argv=None) -> None:
                     }
                     if m == 1:
                         fns["incq cold"] = fns["incq"]
-                    if vllm is not None:
-                        fns["vllm"] = lambda: vllm(x, layout)
+                    if vllm is not None and vllm_agrees(vllm, vllm_operands, x, layout):
+                        fns["vllm"] = lambda: vllm[1](x, vllm_operands, layout.scales)
                     for name in list(fns):
                         if name != "incq" and last.get(name, 0.0) * 4 > args.max_s * 1e3:  # ~linear in M
                             del fns[name]

@@ -309,10 +309,26 @@ def test_tokenizer_files_outside_src_are_refused(tmp_path):
     assert no_leftovers(tmp_path)
 
 
-def test_a_full_disk_leaves_nothing(tmp_path):
+def test_a_full_disk_leaves_nothing(tmp_path, monkeypatch):
+    """The disk fills up after the first tensors are written (in this process: the file-size
+    limit of a real full disk is exercised by tests/test_cli.py for the shared writer)."""
+    import errno
+
+    import incq._tool.gguf_export as export
+
     src = make_model(tmp_path / "src")
-    out = run("convert", src, tmp_path / "out", "--to", "gguf", limit_file_bytes=20_000)
-    assert out.returncode == 1 and "disk full" in out.stderr and "Traceback" not in out.stderr, out.stderr
+    real, calls = export.layer_blocks, []
+
+    def filling(*args):
+        calls.append(1)
+        if len(calls) > 2:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp_path / "out" / "model.gguf"))
+        return real(*args)
+
+    monkeypatch.setattr(export, "layer_blocks", filling)
+    out = run("convert", src, tmp_path / "out", "--to", "gguf")
+    assert len(calls) == 3 and out.returncode == 1, out.stderr
+    assert "disk full" in out.stderr and "Traceback" not in out.stderr, out.stderr
     assert not (tmp_path / "out").exists() and no_leftovers(tmp_path)
 
 

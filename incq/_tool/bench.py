@@ -38,6 +38,11 @@ def main(quick: bool = False) -> int:
     print(f"incq bench: int4 layer K x N = {k} x {n}, group 128; medians of {reps}"
           + ("" if torch is not None else " (torch not installed: golden only)"))
     print("copy: clone() of the larger of input and output")
+    if torch is not None:
+        from incq import _native
+
+        print(f"torch ms: the call on CPU tensors (compiled kernels: {_native.active()}, "
+              f"{torch.get_num_threads()} threads); golden ms: on NumPy arrays")
     head = f"{'operation':<24}{'torch ms':>10}{'golden ms':>11}{'copy ms':>9}{'torch / copy':>14}"
     print(head)
     print("-" * len(head))
@@ -68,12 +73,12 @@ def main(quick: bool = False) -> int:
     from incq._kernels.torch_kernels import cpu_path
 
     print(f"\nw4a16_matmul, bfloat16 x, CPU layout, K x N = {k} x {n}")
-    head = f"{'M':>6}{'path':>12}{'incq ms':>10}{'dense ms':>10}{'dense / incq':>14}"
+    head = f"{'M':>6}{'path':>15}{'incq ms':>10}{'dense ms':>10}{'dense / incq':>14}"
     print(head)
     print("-" * len(head))
     for m in (1, 16, 256):
         x = torch.randn(m, k, dtype=torch.bfloat16)
         t = _median_ms(lambda: _api.layout_matmul(x, layout), reps)
         d = _median_ms(lambda: torch.nn.functional.linear(x, dense), reps)
-        print(f"{m:>6}{cpu_path(m, x.dtype):>12}{t:10.2f}{d:10.2f}{d / t:14.1f}")
+        print(f"{m:>6}{cpu_path(m, x.dtype):>15}{t:10.2f}{d:10.2f}{d / t:14.1f}")
     return 0
