@@ -26,7 +26,8 @@
 
 #include <stdlib.h>
 
-#define TILE 64 /* output columns a kernel call keeps in registers (four vectors of 16) */
+#define TILE 64       /* output columns a kernel call keeps in registers ... */
+#define NV (TILE / 16) /* ... as NV vectors of 16 */
 #define MR 4    /* rows of x handled together */
 #ifndef PREFETCH
 #define PREFETCH 256 /* words ahead in a row of words that the kernels prefetch into L1 */
@@ -166,7 +167,7 @@ static inline __mmask16 lane_mask(int64_t cols, int v) {
 
 /* y[mi][v] += s * (A - zc * X), A the sum of the vector's chains */
 #define EPILOGUE(C, R)                                                                            \
-    for (int v = 0; v < 4; v++) {                                                                 \
+    for (int v = 0; v < NV; v++) {                                                                 \
         if (!mk[v]) continue;                                                                     \
         const __m512 s = scale_vector(a, g, n0 + 16 * v, mk[v]);                                  \
         const __m512 zc = zero_vector(a, g, n0 + 16 * v, mk[v], C);                               \
@@ -181,11 +182,11 @@ static inline __mmask16 lane_mask(int64_t cols, int v) {
     }
 
 #define TILE_PROLOGUE(R)                                                                          \
-    __mmask16 mk[4];                                                                              \
-    for (int v = 0; v < 4; v++) mk[v] = lane_mask(cols, v);                                       \
-    __m512 acc[R][4][PAR(R)];                                                                     \
+    __mmask16 mk[NV];                                                                              \
+    for (int v = 0; v < NV; v++) mk[v] = lane_mask(cols, v);                                       \
+    __m512 acc[R][NV][PAR(R)];                                                                     \
     for (int mi = 0; mi < R; mi++)                                                                \
-        for (int v = 0; v < 4; v++)                                                               \
+        for (int v = 0; v < NV; v++)                                                               \
             for (int c = 0; c < PAR(R); c++) acc[mi][v][c] = _mm512_setzero_ps();                 \
     const int64_t per = a->group_size / 8;
 
@@ -215,7 +216,7 @@ static inline __mmask16 lane_mask(int64_t cols, int v) {
             const int32_t *wrow = a->qweight + r * a->n + n0;                                     \
             const float *xr = a->xf + m0 * a->k + 8 * r;                                          \
             PREFETCH_ROW(wrow);                                                                   \
-            for (int v = 0; v < 4; v++) {                                                         \
+            for (int v = 0; v < NV; v++) {                                                         \
                 const __m512i w = _mm512_maskz_loadu_epi32(mk[v], wrow + 16 * v);                 \
                 for (int i = 0; i < 8; i += 2) {                                                  \
                     const __m512 d0 = _mm512_permutexvar_ps(_mm512_srli_epi32(w, 4 * i), lut);    \
@@ -255,7 +256,7 @@ F32_TILE(4)
             const int32_t *wrow = a->qweight + r * a->n + n0;                                     \
             const uint32_t *xp = a->xpairs + m0 * half + 4 * r;                                   \
             PREFETCH_ROW(wrow);                                                                   \
-            for (int v = 0; v < 4; v++) {                                                         \
+            for (int v = 0; v < NV; v++) {                                                         \
                 const __m512i w = _mm512_maskz_loadu_epi32(mk[v], wrow + 16 * v);                 \
                 /* (w >> 4p) & 0x000F000F | 0x43004300: bfloat16 128 + q, rows 8r+p, 8r+p+4 */     \
                 const __m512i p0 = _mm512_ternarylogic_epi32(w, nib, bias, 0xEA);                 \
