@@ -511,10 +511,17 @@ ALWAYS_INLINE void pack_row_body(const uint8_t *src, uint32_t *dst, int64_t w0, 
 }
 
 /* 4-bit word with nibbles in order `from` -> the same values in order `to` (0 sequential, 1 AWQ) */
+ALWAYS_INLINE uint32_t swap_middle_bytes(uint32_t w) {
+    return (w & 0xFF0000FFu) | ((w & 0x00FF0000u) >> 8) | ((w & 0x0000FF00u) << 8);
+}
+ALWAYS_INLINE uint32_t swap_middle_nibbles(uint32_t w) { /* nibbles 1 <-> 2 and 5 <-> 6 */
+    return (w & 0xF00FF00Fu) | ((w & 0x0F000F00u) >> 4) | ((w & 0x00F000F0u) << 4);
+}
+/* AWQ holds values 0 2 4 6 1 3 5 7 in slots 0..7: sequential order is the perfect shuffle of its
+ * two halves, two exchanges (each its own inverse) */
 ALWAYS_INLINE uint32_t reorder4(uint32_t w, int from, int to) {
-    uint32_t out = 0;
-    for (int m = 0; m < 8; m++) out |= ((w >> (4 * slot_of(from, m))) & 15u) << (4 * slot_of(to, m));
-    return out;
+    if (from == to) return w;
+    return from ? swap_middle_nibbles(swap_middle_bytes(w)) : swap_middle_bytes(swap_middle_nibbles(w));
 }
 
 /* returns a word with bit 4j set where nibble j of w is 0 */
