@@ -288,6 +288,48 @@ typedef void (*tile_fn)(const gemm_args *, int64_t g, int64_t m0, int64_t n0, in
 
 static int uses_pairs(int isa) { return isa == INCQ_AVX512BF16; }
 
+/* Row i of the output, columns [c0, c1): y (+ bias) rounded once to the output dtype. */
+static void write_row_portable(const gemm_args *a, const float *y, int64_t i, int64_t c0, int64_t c1) {
+    for (int64_t n = c0; n < c1; n++) {
+        float v = y[n];
+        if (a->bias) v += incq_load_float(a->bias, a->bias_dtype, n);
+        store_float(a->out, a->out_dtype, i * a->n + n, v);
+    }
+}
+#if INCQ_X86
+/* eight at a time: float16 by F16C (round to nearest even), bfloat16 by rounding the bits */
+INCQ_TARGET_AVX2 static void write_row_avx2(const gemm_args *a, const float *y, int64_t i, int64_t c0, int64_t c1) {
+    int64_t n = c0;
+    if (!a->bias && a->out_dtype != INCQ_F32) {
+        uint16_t *out = (uint16_t *)a->out + i * a->n;
+        for (; n + 8 <= c1; n += 8) {
+            const __m256 v = _mm256_loadu_ps(y + n);
+            __m128i h;
+            if (a->out_dtype == INCQ_F16) {
+                h = _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+            } else {
+                __m256i u = _mm256_castps_si256(v);
+                const __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+                __m256i r = _mm256_add_epi32(u, _mm256_add_epi32(_mm256_set1_epi32(0x7fff),
+                                                                 _mm256_and_si256(_mm256_srli_epi32(u, 16),
+                                                                                  _mm256_set1_epi32(1))));
+                r = _mm256_blendv_epi8(r, _mm256_or_si256(u, _mm256_set1_epi32(0x400000)), nan); /* quiet NaN */
+                r = _mm256_srli_epi32(r, 16);
+                h = _mm_packus_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256(r, 1));
+            }
+            _mm_storeu_si128((__m128i *)(out + n), h);
+        }
+    }
+    write_row_portable(a, y, i, n, c1);
+}
+#endif
+static void write_row(const gemm_args *a, const float *y, int64_t i, int64_t c0, int64_t c1) {
+#if INCQ_X86
+    if (incq_isa >= INCQ_AVX2) return write_row_avx2(a, y, i, c0, c1);
+#endif
+    write_row_portable(a, y, i, c0, c1);
+}
+
 /* Tiles [b, e) of TILE columns for every row of x, accumulating into the float32 scratch
  * a->y [M, N]. Groups run outermost, so that the rows read at a time are one group's (a few
  * streams through memory, not one per row of words); a tile's words of a group stay in L1
@@ -319,17 +361,31 @@ static void gemm_task(void *ctx, int64_t b, int64_t e) {
             }
         }
     }
-    for (int64_t i = 0; i < a->m; i++) {
-        for (int64_t n = c0; n < c1; n++) {
-            float v = y[i * ys + n];
-            if (a->bias) v += incq_load_float(a->bias, a->bias_dtype, n);
-            store_float(a->out, a->out_dtype, i * a->n + n, v);
-        }
-    }
+    for (int64_t i = 0; i < a->m; i++) write_row(a, y + i * ys, i, c0, c1);
 }
 
 /* x -> the operands the kernels multiply: bfloat16 pairs (avx512bf16, bfloat16 or float16 x)
  * or float32, and the per-group sums of exactly those values. */
+/* n elements of type dt -> float32 (float16 through F16C where the CPU has it) */
+static void row_to_float_portable(const void *src, int dt, int64_t n, float *dst) {
+    for (int64_t i = 0; i < n; i++) dst[i] = incq_load_float(src, dt, i);
+}
+#if INCQ_X86
+INCQ_TARGET_AVX2 static void row_to_float_avx2(const void *src, int dt, int64_t n, float *dst) {
+    int64_t i = 0;
+    if (dt == INCQ_F16)
+        for (; i + 8 <= n; i += 8)
+            _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)src + i))));
+    for (; i < n; i++) dst[i] = incq_load_float(src, dt, i);
+}
+#endif
+static void row_to_float(const void *src, int dt, int64_t n, float *dst) {
+#if INCQ_X86
+    if (incq_isa >= INCQ_AVX2) return row_to_float_avx2(src, dt, n, dst);
+#endif
+    row_to_float_portable(src, dt, n, dst);
+}
+
 static int prepare(gemm_args *a, uint32_t **pairs, float **xf, float **xsum, float **y) {
     const int64_t m = a->m, k = a->k, G = a->groups, gs = a->group_size;
     *pairs = NULL;
@@ -342,31 +398,31 @@ static int prepare(gemm_args *a, uint32_t **pairs, float **xf, float **xsum, flo
     if (bf16) {
         *pairs = malloc(sizeof(uint32_t) * (size_t)(m * k / 2 > 0 ? m * k / 2 : 1));
         if (!*pairs) return -1;
-    } else {
-        *xf = malloc(sizeof(float) * (size_t)(m * k > 0 ? m * k : 1));
-        if (!*xf) return -1;
     }
+    /* float kernels read x as float32 [M, K]; the bfloat16 kernel reads one row of it at a time */
+    *xf = malloc(sizeof(float) * (size_t)((bf16 ? 1 : m) * k));
+    if (!*xf) return -1;
     for (int64_t i = 0; i < m; i++) {
-        const char *row = (const char *)a->x + i * a->x_ld * (a->x_dtype == INCQ_F32 ? 4 : 2);
+        const char *src = (const char *)a->x + i * a->x_ld * (a->x_dtype == INCQ_F32 ? 4 : 2);
+        float *row = *xf + (bf16 ? 0 : i * k);
+        row_to_float(src, a->x_dtype, k, row);
+        if (bf16) { /* the values the dot products multiply: x rounded to bfloat16 */
+            for (int64_t kk = 0; kk < k; kk++) row[kk] = incq_bf16_to_f32(incq_f32_to_bf16(row[kk]));
+            for (int64_t r = 0; r < k / 8; r++)
+                for (int p = 0; p < 4; p++) {
+                    uint32_t lo = (uint32_t)incq_f32_to_bf16(row[8 * r + p]), hi = incq_f32_to_bf16(row[8 * r + p + 4]);
+                    (*pairs)[i * (k / 2) + 4 * r + p] = lo | (hi << 16);
+                }
+        }
         for (int64_t g = 0; g < G; g++) {
             float sum = 0.0f;
-            for (int64_t kk = g * gs; kk < (g + 1) * gs; kk++) {
-                float v = incq_load_float(row, a->x_dtype, kk);
-                if (bf16) v = incq_bf16_to_f32(incq_f32_to_bf16(v));
-                else (*xf)[i * k + kk] = v;
-                sum += v;
-            }
+            for (int64_t kk = g * gs; kk < (g + 1) * gs; kk++) sum += row[kk];
             (*xsum)[i * G + g] = sum;
         }
-        if (bf16) {
-            for (int64_t r = 0; r < k / 8; r++) {
-                for (int p = 0; p < 4; p++) {
-                    uint16_t lo = incq_f32_to_bf16(incq_load_float(row, a->x_dtype, 8 * r + p));
-                    uint16_t hi = incq_f32_to_bf16(incq_load_float(row, a->x_dtype, 8 * r + p + 4));
-                    (*pairs)[i * (k / 2) + 4 * r + p] = (uint32_t)lo | ((uint32_t)hi << 16);
-                }
-            }
-        }
+    }
+    if (bf16) { /* the bfloat16 kernel does not read xf */
+        free(*xf);
+        *xf = NULL;
     }
     return 0;
 }
