@@ -32,16 +32,11 @@
 #ifndef PREFETCH
 #define PREFETCH 256 /* words ahead in a row of words that the kernels prefetch into L1 */
 #endif
-#ifndef PREFETCH_FAR
-#define PREFETCH_FAR 2048 /* and into L2, from memory */
-#endif
-/* the next tiles' words of this row: into L1 soon, into L2 from further ahead */
+/* the next tiles' words of this row */
 #define PREFETCH_ROW(wrow)                                                        \
     do {                                                                          \
-        for (int f = 0; f < TILE; f += 16) {                                      \
+        for (int f = 0; f < TILE; f += 16)                                        \
             _mm_prefetch((const char *)((wrow) + PREFETCH + f), _MM_HINT_T0);     \
-            if (PREFETCH_FAR) _mm_prefetch((const char *)((wrow) + PREFETCH_FAR + f), _MM_HINT_T1); \
-        }                                                                         \
     } while (0)
 
 typedef struct {
