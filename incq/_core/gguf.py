@@ -21,19 +21,11 @@ from __future__ import annotations
 import numpy as np
 
 from incq._core import formats
-from incq._core.golden import group_index, logical_scales, unpack_weight, unpack_zeros
+from incq._core.golden import layer_values
 
 
-def _layer(qweight, scales, qzeros, g_idx, bits, group_size, packing, zero_offset):
-    """(codes q [K, N] uint8, zero points z [G, N] uint8, group of each row [K], scales [G, N])."""
-    s = logical_scales(scales, packing)
-    groups, n = s.shape
-    q = unpack_weight(qweight, bits, packing, groups * group_size)
-    if qzeros is None:
-        z = np.full(s.shape, 1 << (bits - 1), dtype=np.uint8)
-    else:
-        z = unpack_zeros(qzeros, bits, packing, zero_offset, n)
-    return q, z, group_index(q.shape[0], group_size, g_idx), s
+#: (codes q [K, N] uint8, zero points z [G, N] uint8, group of each row [K], scales [G, N])
+_layer = layer_values
 
 
 def gguf_range(qweight, scales, qzeros, g_idx, bits, group_size, packing, zero_offset, stores):

@@ -201,7 +201,9 @@ def group_index(k: int, group_size: int, g_idx: np.ndarray | None) -> np.ndarray
     return np.arange(k, dtype=np.intp) // group_size
 
 
-def dequantize(qweight, scales, qzeros, g_idx, bits, group_size, packing, zero_offset):
+def layer_values(qweight, scales, qzeros, g_idx, bits, group_size, packing, zero_offset):
+    """A layer's codes ``q [K, N]``, zero points ``z [G, N]`` (``2**(bits-1)`` when not stored),
+    the group of each row ``[K]`` and the logical scales ``[G, N]``."""
     scales = logical_scales(scales, packing)
     groups, n = scales.shape
     q = unpack_weight(qweight, bits, packing, groups * group_size)
@@ -209,7 +211,11 @@ def dequantize(qweight, scales, qzeros, g_idx, bits, group_size, packing, zero_o
         zeros = np.full(scales.shape, 1 << (bits - 1), dtype=np.uint8)
     else:
         zeros = unpack_zeros(qzeros, bits, packing, zero_offset, n)
-    grp = group_index(q.shape[0], group_size, g_idx)
+    return q, zeros, group_index(q.shape[0], group_size, g_idx), scales
+
+
+def dequantize(qweight, scales, qzeros, g_idx, bits, group_size, packing, zero_offset):
+    q, zeros, grp, scales = layer_values(qweight, scales, qzeros, g_idx, bits, group_size, packing, zero_offset)
     # (q - z) needs at most 9 bits and a float16/bfloat16/float32 scale at most 24, so the
     # float32 product is exact: one rounding, to the scales' dtype, and no double rounding.
     compute = np.float64 if scales.dtype.itemsize > 4 else np.float32
