@@ -202,3 +202,27 @@ def test_validation_survives_python_O():
     code = "import numpy as np, incq\ntry:\n    incq.pack(np.full(8, 99), 4)\nexcept incq.IncqError as e:\n    print(e)\n"
     out = subprocess.run([sys.executable, "-O", "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.startswith("pack: values must hold 4-bit codes")
+
+
+def test_a_tensor_whose_values_passed_is_read_again_only_after_a_write(monkeypatch):
+    """Value checks of a torch tensor are remembered with its version counter: a layer called
+    again is not rescanned, and any in-place write (here through a view) makes the next call
+    check, and refuse, again."""
+    torch = pytest.importorskip("torch")
+    qweight, scales = torch.from_numpy(Q4), torch.from_numpy(S.copy())
+    g_idx = torch.arange(64) // 32
+    x = torch.ones(1, 64)
+    reads = []
+    real = torch.isfinite
+    monkeypatch.setattr(torch, "isfinite", lambda t: reads.append(t.shape) or real(t))
+    for _ in range(3):
+        incq.w4a16_matmul(x, qweight, scales, g_idx=g_idx, bits=4, group_size=32)
+    assert reads.count(tuple(scales.shape)) == 1
+    scales[1:][0, 3] = float("nan")  # through a view
+    with pytest.raises(incq.IncqError, match=r"w4a16_matmul: scales must be finite"):
+        incq.w4a16_matmul(x, qweight, scales, g_idx=g_idx, bits=4, group_size=32)
+    scales[1, 3] = 1.0
+    incq.w4a16_matmul(x, qweight, scales, g_idx=g_idx, bits=4, group_size=32)
+    g_idx[5] = 7
+    with pytest.raises(incq.IncqError, match=r"w4a16_matmul: g_idx must hold group indices in \[0, 1\]"):
+        incq.w4a16_matmul(x, qweight, scales, g_idx=g_idx, bits=4, group_size=32)

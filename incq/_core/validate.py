@@ -8,6 +8,7 @@ survive ``python -O``.
 from __future__ import annotations
 
 import numbers
+import weakref
 import sys
 from typing import Any
 
@@ -119,9 +120,16 @@ def torch_module():
     return sys.modules.get("torch")
 
 
+_TENSOR: list = []  # [torch.Tensor], once torch is imported
+
+
 def is_torch(x: Any) -> bool:
-    torch = torch_module()
-    return torch is not None and isinstance(x, torch.Tensor)
+    if not _TENSOR:
+        torch = torch_module()
+        if torch is None:
+            return False
+        _TENSOR.append(torch.Tensor)
+    return isinstance(x, _TENSOR[0])
 
 
 def compiling() -> bool:
@@ -136,6 +144,35 @@ def has_values(x: Any) -> bool:
     if is_torch(x):
         return x.device.type != "meta" and not compiling()
     return True
+
+
+# A torch tensor whose values passed a check keeps it until torch sees the tensor written: the
+# check is remembered with the tensor's version counter, which every in-place operation on it
+# or on a view of it advances. So a layer called again (a model's forward pass) is not read
+# again to validate it. Keyed by id, with a weak reference that drops the entry with the tensor.
+_PASSED: dict[int, tuple[Any, set]] = {}
+
+
+def _passed(x: Any) -> set | None:
+    entry = _PASSED.get(id(x))
+    return entry[1] if entry is not None and entry[0]() is x else None
+
+
+def passed_before(x: Any, check: Any) -> bool:
+    """Whether ``check`` passed on torch tensor ``x`` as it is now."""
+    seen = _passed(x) if is_torch(x) else None
+    return seen is not None and (check, x._version) in seen
+
+
+def remember_passed(x: Any, check: Any) -> None:
+    if not is_torch(x):
+        return
+    seen = _passed(x)
+    if seen is None:
+        key = id(x)
+        seen = set()
+        _PASSED[key] = (weakref.ref(x, lambda _, key=key: _PASSED.pop(key, None)), seen)
+    seen.add((check, x._version))
 
 
 def dtype_kind(x: Any) -> str:
@@ -207,12 +244,13 @@ def check_float(fn: str, name: str, x: Any, *, ndim: int | tuple[int, ...] | Non
     x = check_array(fn, name, x, ndim=ndim)
     if dtype_kind(x) != "f":
         raise fail(fn, name, "must have a floating dtype", describe(x))
-    if finite and has_values(x):
+    if finite and has_values(x) and not passed_before(x, "finite"):
         xp = np if isinstance(x, np.ndarray) else torch_module()
         finite = xp.isfinite(x)
         if not bool(finite.all()):
             first = tuple(int(i) for i in xp.argwhere(~finite)[0])
             raise fail(fn, name, "must be finite", f"{x[first].item()} at index {first}")
+        remember_passed(x, "finite")
     return x
 
 
@@ -308,9 +346,11 @@ def check_layer(fn, qweight, scales, qzeros, g_idx, bits, group_size, packing, z
     if g_idx is not None:
         g_idx = check_integer(fn, "g_idx", g_idx, ndim=1)
         check_shape(fn, "g_idx", g_idx, (k,), f"[K] for K = {k}")
-        lo, hi = _min_max(g_idx) if has_values(g_idx) else (0, 0)
-        if lo < 0 or hi >= groups:
-            raise fail(fn, "g_idx", f"must hold group indices in [0, {groups - 1}]", f"value {lo if lo < 0 else hi}")
+        if has_values(g_idx) and not passed_before(g_idx, ("groups", groups)):
+            lo, hi = _min_max(g_idx)
+            if lo < 0 or hi >= groups:
+                raise fail(fn, "g_idx", f"must hold group indices in [0, {groups - 1}]", f"value {lo if lo < 0 else hi}")
+            remember_passed(g_idx, ("groups", groups))
     return k, n, g, groups
 
 
