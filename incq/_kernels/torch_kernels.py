@@ -242,7 +242,7 @@ def cpu_path(m: int, dtype: torch.dtype) -> str:
     float32 and float64 dequantize (the int4 kernel is ~50x slower in float32 than in bfloat16).
     """
     native = _native()
-    if native is not None and dtype in native.DTYPES:
+    if native is not None and native.takes(dtype):
         return "native-" + native.path(m, dtype)
     if dtype in (torch.bfloat16, torch.float16) and m <= CPU_INT4_MAX_ROWS:
         return "int4"
@@ -254,7 +254,7 @@ def _cpu_matmul(x2, L: CpuLayout, bias):
     xs = x2 if L.perm is None else x2.index_select(1, L.perm)
     g = L.group_size
     native = _native()
-    if native is not None and dtype in native.DTYPES:
+    if native is not None and native.takes(dtype):
         return native.gemm(xs, L.qweight, L.scales, L.qzeros, g, bias)
     path = cpu_path(x2.shape[0], dtype)
     if L.weight is None:  # a layer only the compiled kernels take, with them turned off

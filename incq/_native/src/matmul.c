@@ -93,8 +93,11 @@ static inline void store_float(void *out, int dt, int64_t i, float v) {
         const int32_t *wrow = a->qweight + r * a->n + n0;                                         \
         for (int i = 0; i < 8; i++) {                                                             \
             float w[TILE];                                                                        \
-            for (int64_t j = 0; j < TILE; j++)                                                    \
-                w[j] = j < cols ? (float)(((uint32_t)wrow[j] >> (4 * i)) & 15u) : 0.0f;           \
+            if (cols == TILE) /* whole tiles: a loop the compiler vectorizes */                   \
+                for (int64_t j = 0; j < TILE; j++) w[j] = (float)(((uint32_t)wrow[j] >> (4 * i)) & 15u); \
+            else                                                                                  \
+                for (int64_t j = 0; j < TILE; j++)                                                \
+                    w[j] = j < cols ? (float)(((uint32_t)wrow[j] >> (4 * i)) & 15u) : 0.0f;       \
             for (int64_t mi = 0; mi < rows; mi++) {                                               \
                 const float xv = a->xf[(m0 + mi) * a->k + 8 * r + i];                             \
                 float *ac = acc + mi * TILE;                                                      \
