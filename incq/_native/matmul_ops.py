@@ -20,8 +20,8 @@ from incq._native import _ext
 DTYPES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 #: operation -> the cases it runs compiled
 COVERS = {
-    "w4a16_matmul": "4-bit GPTQ and AWQ layers without act-order, group size a multiple of 8, float32 / "
-                    "float16 / bfloat16 x and scales",
+    "w4a16_matmul": "4-bit GPTQ and AWQ layers without act-order, group size a multiple of 8, float32 x "
+                    "(and float16 / bfloat16 x in the AVX-512 variants), float32 / float16 / bfloat16 scales",
 }
 
 
