@@ -82,12 +82,22 @@ def test_awq_gptq_non_contiguous_input_is_not_written(variant):
     assert torch.equal(t, before)
 
 
+_LARGE = {}
+
+
+def large_streams():
+    """Inputs whose outputs are 8 MiB or more, and their golden conversions (computed once)."""
+    if not _LARGE:
+        awq, gptq = words((2048, 136)), words((256, 1088 * 8))
+        _LARGE.update(awq=awq, gptq=gptq, to_gptq=incq.awq_to_gptq(awq), to_awq=incq.gptq_to_awq(gptq))
+    return _LARGE
+
+
 def test_awq_gptq_large_streams(variant):
     """Outputs of 8 MiB and more are written with non-temporal stores."""
-    awq = words((2048, 136))
-    same(incq.awq_to_gptq(tensor(awq)), incq.awq_to_gptq(awq))
-    gptq = words((256, 1088 * 8))
-    same(incq.gptq_to_awq(tensor(gptq)), incq.gptq_to_awq(gptq))
+    case = large_streams()
+    same(incq.awq_to_gptq(tensor(case["awq"])), case["to_gptq"])
+    same(incq.gptq_to_awq(tensor(case["gptq"])), case["to_awq"])
 
 
 @settings(max_examples=15)
