@@ -46,8 +46,9 @@ def block_columns(threads: int) -> int:
 
 
 #: the variants whose fused kernel beats PyTorch's own int4 kernel on 16-bit x; on the others
-#: (C loops: ~8.7 ms against AVX-512's ~1.2 ms at M = 1, 4096 x 11008) bfloat16 / float16 x
-#: take the torch paths, float32 x (whose torch path dequantizes, ~10x slower) stays compiled
+#: (AVX2: ~4 ms against AVX-512's ~1.2 ms at M = 1, 4096 x 11008; portable C slower still)
+#: bfloat16 / float16 x take the torch paths, float32 x (whose torch path dequantizes, ~10x
+#: slower) stays compiled
 FAST_16BIT = ("avx512", "avx512bf16")
 
 
