@@ -82,7 +82,7 @@ static inline void store_float(void *out, int dt, int64_t i, float v) {
     }
 }
 
-/* ------------------------------------------------------------------ C kernel (avx2, portable) */
+/* ------------------------------------------------------------------ C kernel (portable) and AVX2 */
 
 /* Microkernels: group g of the tile of columns n0 .. n0 + cols (<= TILE) for rows
  * m0 .. m0 + R (R <= MR), adding s * (A - (z + c) * X) into y (float32, row stride ys). */
