@@ -56,7 +56,11 @@ def test_dequantize_compiles_without_graph_breaks(name):
     assert torch.equal(got, golden)
 
 
-@pytest.mark.parametrize("name", sorted(CASES))
+#: the matmul's graph differs from dequantize's by the product only: two layouts cover it
+MATMUL_CASES = ("gptq-v1-asym-act-order-fp16", "gptq-3bit-raw-fp32")
+
+
+@pytest.mark.parametrize("name", MATMUL_CASES)
 def test_w4a16_matmul_compiles_without_graph_breaks(name):
     case = CASES[name]
     tensors, kwargs = layer(case)
