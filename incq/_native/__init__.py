@@ -12,6 +12,7 @@ the torch backend.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import warnings
 
@@ -23,13 +24,17 @@ ENV = "INCQ_ISA"
 VARIANTS = ("portable", "avx2", "avx512", "avx512bf16")
 OFF = "off"
 
-try:
-    from incq._native import _ext
-except ImportError as exc:  # not built: no compiler at install time, or a failed build
+if importlib.util.find_spec("incq._native._ext") is None:  # no compiler at install time, or a failed build
     _ext = None
-    _MISSING = f"{type(exc).__name__}: {exc}"
+    _MISSING = "the extension incq._native._ext was not built"
 else:
-    _MISSING = ""
+    try:
+        from incq._native import _ext
+    except ImportError as exc:  # built, but it does not load here
+        _ext = None
+        _MISSING = f"incq._native._ext does not load: {exc}"
+    else:
+        _MISSING = ""
 
 _STATE = {"resolved": None, "warned": False}
 
