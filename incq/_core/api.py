@@ -54,12 +54,17 @@ def pack(values, bits, *, axis=0, order="sequential", backend=None):
     bits = v.check_bits(fn, bits)
     order = v.check_order(fn, order, bits)
     values = v.check_codes(fn, "values", values, bits)
-    if values.ndim == 0:
-        raise v.fail(fn, "values", "must have at least one dimension", v.describe(values))
-    axis = v.check_axis(fn, axis, values.ndim)
-    per_block = values_per_block(bits, order)
-    v.check_divisible(fn, "values", values, axis, per_block, "length")
+    axis = _packing_axis(fn, "values", values, axis, values_per_block(bits, order))
     return _dispatch.backend_for(fn, {"values": values}, backend).pack(values, bits, axis, order)
+
+
+def _packing_axis(fn, name, array, axis, block):
+    """The axis pack / unpack work along: ``array`` has one, and a whole number of blocks on it."""
+    if array.ndim == 0:
+        raise v.fail(fn, name, "must have at least one dimension", v.describe(array))
+    axis = v.check_axis(fn, axis, array.ndim)
+    v.check_divisible(fn, name, array, axis, block, "length")
+    return axis
 
 
 def unpack(packed, bits, *, axis=0, order="sequential", backend=None):
@@ -75,11 +80,7 @@ def unpack(packed, bits, *, axis=0, order="sequential", backend=None):
     bits = v.check_bits(fn, bits)
     order = v.check_order(fn, order, bits)
     packed = v.check_packed(fn, "packed", packed)
-    if packed.ndim == 0:
-        raise v.fail(fn, "packed", "must have at least one dimension", v.describe(packed))
-    axis = v.check_axis(fn, axis, packed.ndim)
-    words = words_per_block(bits, order)
-    v.check_divisible(fn, "packed", packed, axis, words, "length")
+    axis = _packing_axis(fn, "packed", packed, axis, words_per_block(bits, order))
     return _dispatch.backend_for(fn, {"packed": packed}, backend).unpack(packed, bits, axis, order)
 
 
