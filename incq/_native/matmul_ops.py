@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from incq._core import torch_backend as _torch
+from incq._core import validate as v
 from incq._core.formats import AWQ, CANONICAL
 from incq._native import _ext
 
@@ -114,9 +115,18 @@ def _fits(x, qweight, scales, qzeros, g_idx, bias, bits, group_size, packing) ->
         return False
     if any(t is not None and (t.device.type != "cpu" or t.dtype not in DTYPES) for t in (x, scales, bias)):
         return False
-    k = x.shape[-1]
-    if g_idx is not None and not torch.equal(g_idx.to(torch.int64), torch.arange(k) // group_size):
+    return g_idx is None or _trivial(g_idx, x.shape[-1], group_size)
+
+
+def _trivial(g_idx, k: int, group_size: int) -> bool:
+    """Whether ``g_idx`` is ``k // group_size`` (no act-order): read once per tensor and write,
+    as the layer's value checks are (``incq._core.validate.passed_before``)."""
+    check = ("trivial g_idx", group_size)
+    if v.passed_before(g_idx, check):
+        return True
+    if not torch.equal(g_idx.to(torch.int64), torch.arange(k) // group_size):
         return False
+    v.remember_passed(g_idx, check)
     return True
 
 
