@@ -57,19 +57,28 @@ MODEL = dict(
 )
 
 
-def make_model(path: Path) -> None:
+def random_llama(**config):
+    """A tiny Llama (MODEL, with ``config`` over it), seeded, with small linear weights and a
+    peaked output distribution, so that greedy choices are not near-ties."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(**MODEL))
+    model = LlamaForCausalLM(LlamaConfig(**{**MODEL, **config}))
     with torch.no_grad():
         for module in model.modules():
             if isinstance(module, torch.nn.Linear):
                 module.weight.normal_(0.0, 0.05)
-        # a peaked output distribution, so that greedy choices are not near-ties
         model.lm_head.weight.normal_(0.0, 0.25)
         model.model.embed_tokens.weight.normal_(0.0, 1.0)
+    return model
+
+
+def make_model(path: Path) -> None:
+    import torch
+
+    model = random_llama()
+    with torch.no_grad():
         # One group of eight output columns with only non-negative weights: its asymmetric
         # zero point is 0 (v1 "auto_gptq" zeros cannot store it; AutoRound clamps it to 1).
         q_proj = model.model.layers[0].self_attn.q_proj.weight

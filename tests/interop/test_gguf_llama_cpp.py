@@ -47,23 +47,14 @@ CORPUS = ["the quick brown fox jumps over the lazy dog", "hello world, hello lla
 def make_float_model(out: Path) -> None:
     """The interop run's tiny Llama (make_exports.MODEL) with two key/value heads and a
     byte-level BPE tokenizer trained on a few sentences (llama.cpp has no word-level tokenizer)."""
-    import torch
     from tokenizers import ByteLevelBPETokenizer
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast
 
     bpe = ByteLevelBPETokenizer()
     bpe.train_from_iterator(CORPUS, vocab_size=300, min_frequency=2, special_tokens=["<s>", "</s>"])
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, bos_token="<s>", eos_token="</s>",
                                         pad_token="</s>")
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(**{**make_exports.MODEL, "vocab_size": len(tokenizer),
-                                            "num_key_value_heads": 2, "bos_token_id": 0, "eos_token_id": 1}))
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, torch.nn.Linear):
-                module.weight.normal_(0.0, 0.05)
-        model.lm_head.weight.normal_(0.0, 0.25)
-        model.model.embed_tokens.weight.normal_(0.0, 1.0)
+    model = make_exports.random_llama(vocab_size=len(tokenizer), num_key_value_heads=2, bos_token_id=0, eos_token_id=1)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
 
