@@ -13,6 +13,7 @@ import json
 import multiprocessing
 import os
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,7 @@ import numpy as np
 from incq._tool import checkpoint as ck
 from incq._core import formats as formats
 from incq._tool import fs as fs
-from incq._errors import IncqError
+from incq._errors import IncqError, IncqWarning
 
 # --------------------------------------------------------------------------- inspect
 
@@ -535,7 +536,11 @@ def _run(args) -> int:
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return _run(args)
+        with warnings.catch_warnings():
+            # the commands' output stays their own; `incq check` reports the compiled kernels' state
+            warnings.filterwarnings("ignore", message="incq's compiled CPU kernels are not available",
+                                    category=IncqWarning)
+            return _run(args)
     except (IncqError, OSError, json.JSONDecodeError) as e:
         if isinstance(e, BrokenPipeError):
             return _broken_pipe()
