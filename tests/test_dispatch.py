@@ -50,9 +50,9 @@ def test_torch_in_torch_out_on_the_torch_backend(monkeypatch):
 def test_cpu_tensors_take_the_compiled_kernels_where_built(monkeypatch):
     if not incq._native.usable():
         pytest.skip("the compiled kernels are not built or are turned off")
-    from incq._native import layout_ops
+    from incq._native import backend as native_backend
 
-    compiled = counting(monkeypatch, layout_ops, "awq_to_gptq")
+    compiled = counting(monkeypatch, native_backend, "awq_to_gptq")
     torch_path = counting(monkeypatch, incq._core.torch_backend, "awq_to_gptq")
     out = incq.awq_to_gptq(torch.from_numpy(AWQ))
     assert len(compiled) == 1 and not torch_path
@@ -172,3 +172,22 @@ def test_a_second_implementation_for_one_array_type_is_chosen_by_the_tables(monk
     assert calls == ["unpack"]
     incq.unpack(qweight, 4, backend="torch")
     assert calls == ["unpack"]
+
+
+def test_the_remembered_choice_follows_a_change_of_variant():
+    """The preferred backend per device is remembered, and chosen again when incq._native.use
+    turns the compiled kernels off or on."""
+    if not incq._native.usable():
+        pytest.skip("the compiled kernels are not built or are turned off")
+    from incq._core import dispatch
+    from incq._native import backend as native_backend
+
+    qweight = torch.from_numpy(AWQ)
+    assert dispatch.backend_for("f", {"q": qweight}) is native_backend
+    before = incq._native.active()
+    try:
+        incq._native.use("off")
+        assert dispatch.backend_for("f", {"q": qweight}) is incq._core.torch_backend
+    finally:
+        incq._native.use(before)
+    assert dispatch.backend_for("f", {"q": qweight}) is native_backend

@@ -226,3 +226,52 @@ def test_a_tensor_whose_values_passed_is_read_again_only_after_a_write(monkeypat
     g_idx[5] = 7
     with pytest.raises(incq.IncqError, match=r"w4a16_matmul: g_idx must hold group indices in \[0, 1\]"):
         incq.w4a16_matmul(x, qweight, scales, g_idx=g_idx, bits=4, group_size=32)
+
+
+def test_a_layer_that_passed_is_checked_again_when_replaced_or_asked_differently():
+    """check_layer remembers a layer that passed under its tensors' identities, versions,
+    shapes, dtypes and devices and the call's scalars: a tensor swapped out through ``.data``
+    (no version change), other scalars, or another tensor are checked afresh."""
+    torch = pytest.importorskip("torch")
+    from incq._core import validate
+
+    qweight, scales, qzeros = torch.from_numpy(Q4), torch.from_numpy(S.copy()), torch.from_numpy(Z4)
+    x = torch.ones(1, 64)
+    for _ in range(2):
+        incq.w4a16_matmul(x, qweight, scales, qzeros, bits=4, group_size=32)
+    key = validate._layer_key((qweight, scales, qzeros, None), (4, 32, "gptq", 0, None))
+    assert key in validate._LAYERS
+    with raises("w4a16_matmul", "scales", r"\(2, 16\)"):  # other scalars: checked, and refused
+        incq.w4a16_matmul(x, qweight, scales, qzeros, bits=4, group_size=64)
+    scales.data = torch.ones(3, 16, dtype=torch.float16)  # a new shape under the same tensor object
+    with raises("w4a16_matmul", "scales", r"\(3, 16\)"):
+        incq.w4a16_matmul(x, qweight, scales, qzeros, bits=4, group_size=32)
+    scales.data = torch.ones(2, 16, dtype=torch.int32)  # the same shape, another dtype
+    with raises("w4a16_matmul", "scales", "int32"):
+        incq.w4a16_matmul(x, qweight, scales, qzeros, bits=4, group_size=32)
+    del qweight, scales, qzeros
+    import gc
+
+    gc.collect()
+    assert key not in validate._LAYERS  # dropped with its tensors
+
+
+def test_inference_tensors_have_no_version_counter_and_are_checked_every_call():
+    """Tensors made under torch.inference_mode (as a server's forward pass makes them) carry no
+    version counter: incq does not remember their checks, and reads them on every call."""
+    torch = pytest.importorskip("torch")
+    with torch.inference_mode():
+        qweight, scales = torch.from_numpy(Q4), torch.from_numpy(S.copy())
+        g_idx = torch.arange(64) // 32
+        x = torch.ones(1, 64)
+        for _ in range(2):
+            y = incq.w4a16_matmul(x, qweight, scales, g_idx=g_idx, bits=4, group_size=32)
+            incq.dequantize(qweight, scales, g_idx=g_idx, group_size=32)
+        assert y.shape == (1, 16)
+        scales[1, 3] = float("inf")
+        with raises("w4a16_matmul", "scales", "inf"):
+            incq.w4a16_matmul(x, qweight, scales, g_idx=g_idx, bits=4, group_size=32)
+        scales[1, 3] = 1.0
+        g_idx[0] = 5
+        with raises("w4a16_matmul", "g_idx", "5"):
+            incq.w4a16_matmul(x, qweight, scales, g_idx=g_idx, bits=4, group_size=32)

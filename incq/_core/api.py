@@ -439,7 +439,7 @@ def w4a16_matmul(x, qweight, scales, qzeros=None, g_idx=None, bias=None, *, bits
         bias = v.check_float(fn, "bias", bias, ndim=1, finite=False)
         v.check_shape(fn, "bias", bias, (n,), f"[N] for N = {n}")
     chosen = _dispatch.backend_for(
-        fn, dict(x=x, qweight=qweight, scales=scales, qzeros=qzeros, g_idx=g_idx, bias=bias), backend
+        fn, {"x": x, "qweight": qweight, "scales": scales, "qzeros": qzeros, "g_idx": g_idx, "bias": bias}, backend
     )
     return chosen.w4a16_matmul(x, qweight, scales, qzeros, g_idx, bias, int(bits), g, packing, int(zero_offset))
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import os
 from typing import Any, NamedTuple
 
-from incq._core.validate import describe, fail, is_torch
+from incq._core.validate import compiling, describe, fail, is_torch
 
 def _golden():
     from incq._core import golden as _golden
@@ -39,24 +39,52 @@ def _torch(fn: str, source: str, name: str):
     return _torch
 
 
+_KERNELS: list = []  # [incq._native], once imported
+
+
+def _kernels():
+    """incq._native (the compiled kernels' state)."""
+    if not _KERNELS:
+        from incq import _native
+
+        _KERNELS.append(_native)
+    return _KERNELS[0]
+
+
 def _native(fn: str, source: str, name: str):
     _torch(fn, source, name)
-    from incq import _native
-
-    if not _native.usable():
-        why = _native.missing_reason() or f"{_native.ENV} is {_native.OFF!r}"
+    kernels = _kernels()
+    if not kernels.usable():
+        why = kernels.missing_reason() or f"{kernels.ENV} is {kernels.OFF!r}"
         raise fail(fn, source, f"names the compiled CPU kernels, which are not available ({why})", repr(name))
     from incq._native import backend as _backend
 
     return _backend
 
 
-def _native_runs_on(device) -> bool:
-    if device is None or device.type != "cpu":
-        return False
-    from incq import _native
+_CPU: list = []  # [torch.device("cpu")], once torch is imported (comparing devices is faster than reading .type)
 
-    return _native.usable()
+
+def _native_runs_on(device) -> bool:
+    if device is None:
+        return False
+    if not _CPU:
+        _CPU.append(device.__class__("cpu"))
+    return device == _CPU[0] and _kernels().usable()
+
+
+# os.environ.get costs a caught KeyError (about a microsecond) when the variable is unset;
+# its mapping of encoded names answers the same question without one. Both see every change
+# made through os.environ.
+_ENV_DATA = getattr(os.environ, "_data", None)
+_ENV_KEY = os.environ.encodekey("INCQ_BACKEND") if hasattr(os.environ, "encodekey") else None
+
+
+def _env_backend() -> str | None:
+    if _ENV_DATA is None or _ENV_KEY is None:
+        return os.environ.get("INCQ_BACKEND") or None
+    raw = _ENV_DATA.get(_ENV_KEY)
+    return None if raw is None else (os.environ.decodevalue(raw) or None)
 
 
 class Backend(NamedTuple):
@@ -88,17 +116,41 @@ BRIDGES = {("numpy", "torch"): lambda: _bridge().golden_on_torch, ("torch", "num
 
 def native(fn: str, arrays: dict[str, Any]) -> tuple[str, Any]:
     """The inputs' own namespace ("numpy" or "torch") and, for torch, their common device."""
-    kinds = {name: ("torch" if is_torch(a) else "numpy") for name, a in arrays.items() if a is not None}
-    if len(set(kinds.values())) > 1:
+    tensors = arrays_numpy = 0
+    device = None
+    same = True
+    for a in arrays.values():
+        if a is None:
+            continue
+        if is_torch(a):
+            tensors += 1
+            here = a.device
+            if device is None:
+                device = here
+            elif here != device:
+                same = False
+        else:
+            arrays_numpy += 1
+    if tensors and arrays_numpy:
+        kinds = {name: ("torch" if is_torch(a) else "numpy") for name, a in arrays.items() if a is not None}
         listed = ", ".join(f"{name}: {describe(arrays[name])}" for name in kinds)
         raise fail(fn, "arrays", "must be all NumPy arrays or all torch tensors", listed)
-    if "torch" not in kinds.values():
+    if not tensors:
         return "numpy", None
-    devices = {name: arrays[name].device for name in kinds}
-    if len(set(devices.values())) > 1:
-        listed = ", ".join(f"{name} on {device}" for name, device in devices.items())
+    if not same:
+        listed = ", ".join(f"{name} on {a.device}" for name, a in arrays.items() if a is not None)
         raise fail(fn, "arrays", "must all live on one device", listed)
-    return "torch", next(iter(devices.values()))
+    return "torch", device
+
+
+#: (namespace, device) -> the preferred backend as last chosen: (the compiled kernels' variant,
+#: the preference order and the backend's table entry then, its name, its module). The walk
+#: through the tables is done again when any of those changed (incq._native.use, a new table).
+_PREFERRED: dict[tuple, tuple] = {}
+
+
+def _variant(namespace: str) -> str | None:
+    return _kernels()._STATE["resolved"] if namespace == "torch" else None
 
 
 def backend_for(fn: str, arrays: dict[str, Any], backend: str | None = None):
@@ -109,9 +161,19 @@ def backend_for(fn: str, arrays: dict[str, Any], backend: str | None = None):
     namespace, device = native(fn, arrays)
     name, source = backend, "backend"
     if name is None:
-        name, source = os.environ.get("INCQ_BACKEND") or None, "INCQ_BACKEND"
+        name, source = _env_backend(), "INCQ_BACKEND"
     if name is None:
-        name = next(b for b in PREFERENCE[namespace] if BACKENDS[b].runs_on(device))
+        order = PREFERENCE[namespace]
+        chosen = _PREFERRED.get((namespace, device))
+        if chosen is not None and chosen[0] == _variant(namespace) and chosen[1] is order and chosen[2] is BACKENDS[chosen[3]]:
+            return chosen[4]
+        for name in order:
+            if BACKENDS[name].runs_on(device):
+                break
+        module = BACKENDS[name].load(fn, source, name)
+        if not compiling():  # (a trace must not see module state change)
+            _PREFERRED[(namespace, device)] = (_variant(namespace), order, BACKENDS[name], name, module)
+        return module
     if name not in BACKENDS:
         raise fail(fn, source, f"must name one of {', '.join(repr(b) for b in BACKENDS)}", repr(name))
     chosen = BACKENDS[name]

@@ -47,6 +47,8 @@ def describe(value: Any) -> str:
 
 
 def check_int_choice(fn: str, name: str, value: Any, choices: tuple[int, ...]) -> int:
+    if type(value) is int and value in choices:  # the common case, without the ABC checks
+        return value
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or int(value) not in choices:
         raise fail(fn, name, f"must be one of {', '.join(map(str, choices))}", describe(value))
     return int(value)
@@ -150,7 +152,17 @@ def has_values(x: Any) -> bool:
 # check is remembered with the tensor's version counter, which every in-place operation on it
 # or on a view of it advances. So a layer called again (a model's forward pass) is not read
 # again to validate it. Keyed by id, with a weak reference that drops the entry with the tensor.
+# Inference tensors (made under torch.inference_mode) have no version counter: their checks
+# are never remembered, and run on every call.
 _PASSED: dict[int, tuple[Any, set]] = {}
+
+
+def version(x: Any) -> int | None:
+    """torch's version counter of tensor ``x``; None where it has none (an inference tensor)."""
+    try:
+        return x._version
+    except RuntimeError:
+        return None
 
 
 def _passed(x: Any) -> set | None:
@@ -160,19 +172,27 @@ def _passed(x: Any) -> set | None:
 
 def passed_before(x: Any, check: Any) -> bool:
     """Whether ``check`` passed on torch tensor ``x`` as it is now."""
-    seen = _passed(x) if is_torch(x) else None
-    return seen is not None and (check, x._version) in seen
+    entry = _PASSED.get(id(x))
+    if entry is None or entry[0]() is not x:
+        return False
+    try:
+        return (check, x._version) in entry[1]
+    except RuntimeError:  # an inference tensor (never remembered)
+        return False
 
 
 def remember_passed(x: Any, check: Any) -> None:
     if not is_torch(x):
+        return
+    current = version(x)
+    if current is None:
         return
     seen = _passed(x)
     if seen is None:
         key = id(x)
         seen = set()
         _PASSED[key] = (weakref.ref(x, lambda _, key=key: _PASSED.pop(key, None)), seen)
-    seen.add((check, x._version))
+    seen.add((check, current))
 
 
 def dtype_kind(x: Any) -> str:
@@ -180,12 +200,12 @@ def dtype_kind(x: Any) -> str:
     if isinstance(x, np.ndarray):
         return x.dtype.kind
     dtype = x.dtype
+    if dtype.is_floating_point:
+        return "f"
     if dtype == torch_module().bool:
         return "b"
     if dtype.is_complex:
         return "c"
-    if dtype.is_floating_point:
-        return "f"
     return "i" if dtype.is_signed else "u"
 
 
@@ -194,9 +214,9 @@ def _is_int32(x: Any) -> bool:
 
 
 def check_array(fn: str, name: str, x: Any, *, ndim: int | tuple[int, ...] | None = None) -> Any:
-    if not (isinstance(x, np.ndarray) or is_torch(x)):
+    if not (is_torch(x) or isinstance(x, np.ndarray)):
         raise fail(fn, name, "must be a NumPy array or a torch tensor", describe(x))
-    if ndim is not None:
+    if ndim is not None and x.ndim != ndim:
         allowed = (ndim,) if isinstance(ndim, int) else ndim
         if x.ndim not in allowed:
             want = " or ".join(f"{d}-d" for d in allowed)
@@ -312,11 +332,68 @@ def layer_k(fn, fmt, qweight, bits, k):
     return int(k), n
 
 
+# A layer's tensors that passed check_layer are not checked again while none of them is
+# written or replaced: the result is remembered under each tensor's identity, version counter,
+# shape, dtype and device and the call's scalar arguments, with weak references that drop the
+# entry with any of its tensors. This keeps the per-call cost of a model's forward pass (the
+# same layer tensors every call) to a dictionary lookup. Only plain-int / str / None scalars,
+# torch tensors with version counters, and eager calls (not a torch.compile trace) take it.
+_LAYERS: dict[tuple, tuple] = {}
+#: entries kept at most (a layer's tensors rewritten again and again leave stale entries)
+LAYERS_KEPT = 4096
+
+
+def _no_tensor() -> None:
+    return None
+
+
+def _layer_key(tensors: tuple, scalars: tuple) -> tuple | None:
+    bits, group_size, packing, zero_offset, k = scalars
+    if (type(bits) is not int or type(group_size) is not int or type(packing) is not str
+            or type(zero_offset) is not int or (k is not None and type(k) is not int) or compiling()):
+        return None
+    key = scalars
+    for t in tensors:
+        if t is None:
+            key += (None,)
+            continue
+        if not is_torch(t):
+            return None
+        try:
+            current = t._version
+        except RuntimeError:  # an inference tensor: no version counter
+            return None
+        key += (id(t), current, t.shape, t.dtype, t.device)
+    return key
+
+
+def _forget_layer(key: tuple) -> None:
+    _LAYERS.pop(key, None)
+
+
 def check_layer(fn, qweight, scales, qzeros, g_idx, bits, group_size, packing, zero_offset, k=None):
     """Checks a quantized layer's tensors against each other; returns (K, N, group_size, G).
 
     ``k`` (K, the input features) is needed only where the packing cannot tell it: a format
     whose last word may be partly filled, per-channel and without g_idx."""
+    tensors = (qweight, scales, qzeros, g_idx)
+    key = _layer_key(tensors, (bits, group_size, packing, zero_offset, k))
+    if key is not None:
+        hit = _LAYERS.get(key)
+        if hit is not None:
+            r0, r1, r2, r3 = hit[0]
+            if r0() is qweight and r1() is scales and r2() is qzeros and r3() is g_idx:
+                return hit[1]
+    result = _check_layer(fn, qweight, scales, qzeros, g_idx, bits, group_size, packing, zero_offset, k)
+    if key is not None:
+        if len(_LAYERS) >= LAYERS_KEPT:
+            _LAYERS.clear()
+        callback = lambda _, key=key: _forget_layer(key)  # noqa: E731
+        _LAYERS[key] = (tuple(_no_tensor if t is None else weakref.ref(t, callback) for t in tensors), result)
+    return result
+
+
+def _check_layer(fn, qweight, scales, qzeros, g_idx, bits, group_size, packing, zero_offset, k):
     bits = check_bits(fn, bits)
     packing, zero_offset = check_packing(fn, packing, bits, zero_offset)
     fmt = FORMATS[packing]

@@ -8,6 +8,8 @@ depends on which cases have a kernel. Outputs are new tensors; inputs are never 
 
 from __future__ import annotations
 
+import torch
+
 from incq._core import torch_backend as _torch
 from incq._native import layout_ops as _layout
 from incq._native import matmul_ops as _matmul
@@ -19,4 +21,10 @@ _OWNER = {**{name: _layout for name in _layout.COVERS}, **{name: _matmul for nam
 
 
 def __getattr__(name: str):
-    return getattr(_OWNER.get(name, _torch), name)
+    owner = _OWNER.get(name)
+    if owner is None:  # not compiled: the torch backend's function, looked up on every call
+        return getattr(_torch, name)
+    found = getattr(owner, name)
+    if not torch.compiler.is_compiling():  # (a trace must not see module state change)
+        globals()[name] = found  # a compiled operation is looked up once, then found as a plain attribute
+    return found

@@ -114,12 +114,20 @@ def dequantize(qweight, scales, qzeros, g_idx, bits, group_size, packing, zero_o
 _ONES = {2: 0x55555555, 4: 0x11111111, 8: 0x01010101}
 
 
-def _zero_words(packing: str, bits: int) -> bool | None:
-    """Whether a format's zero words are AWQ-ordered (None: not a layout these kernels read)."""
+def _zero_order(packing: str, bits: int) -> bool | None:
     fmt = formats.get(packing)
     if bits not in _ONES or fmt.transposed or fmt.partial or (fmt.zeros_order == formats.INTERLEAVED and bits != 4):
         return None
     return fmt.zeros_order == formats.INTERLEAVED
+
+
+#: (packing, bits) -> whether the format's zero words are AWQ-ordered (None: not a layout these kernels read)
+_ZERO_ORDER = {(name, bits): _zero_order(name, bits) for name in formats.FORMATS for bits in range(1, 9)}
+
+
+def _zero_words(packing: str, bits: int) -> bool | None:
+    """Whether a format's zero words are AWQ-ordered (None: not a layout these kernels read)."""
+    return _ZERO_ORDER.get((packing, bits))
 
 
 def _add(bits: int, zero_offset: int, sign: int) -> int:
@@ -152,11 +160,12 @@ def convert_zeros(qzeros, bits, src, src_zero_offset, dst, dst_zero_offset, clam
     """4-bit zero words of format ``src`` -> those of ``dst`` in one pass, zero points of 0
     raised to 1 where ``clamp``. Returns ``(words, count, first)``: how many zero points are 0
     and the ``[group, column]`` of the first (None when none), or None where not covered."""
-    a, b = _zero_words(src, bits), _zero_words(dst, bits)
-    if bits != 4 or a is None or b is None or not _cpu(qzeros) or qzeros.numel() == 0 or not _plain(qzeros):
+    a, b = _ZERO_ORDER.get((src, bits)), _ZERO_ORDER.get((dst, bits))
+    if (bits != 4 or a is None or b is None or not qzeros.is_cpu or qzeros.is_meta or type(qzeros) is not torch.Tensor
+            or torch.compiler.is_compiling() or qzeros.numel() == 0):
         return None
     words = qzeros.contiguous()
-    out = torch.empty(words.shape, dtype=torch.int32)
+    out = torch.empty_like(words)
     add = _add(bits, src_zero_offset, +1)
     first = _ext.convert_zeros(words.data_ptr(), out.data_ptr(), words.numel(), int(a), add, int(b),
                                _add(bits, dst_zero_offset, -1), int(clamp))

@@ -15,6 +15,7 @@ import torch
 from incq._core import torch_backend as _torch
 from incq._core import validate as v
 from incq._core.formats import AWQ, CANONICAL
+from incq import _native
 from incq._native import _ext
 
 #: torch dtype -> the kernels' element-type code (incq_native.h)
@@ -55,8 +56,6 @@ FAST_16BIT = ("avx512", "avx512bf16")
 
 def takes(dtype) -> bool:
     """Whether the compiled matmul runs x of ``dtype`` in the variant in force."""
-    from incq import _native
-
     return dtype == torch.float32 or (dtype in DTYPES and _native.active() in FAST_16BIT)
 
 
@@ -70,17 +69,22 @@ def gemm(x2, words, scales, zero_words, group_size: int, bias=None, *, zero_offs
     """``x2 [M, K] @ W + bias`` in x2's dtype on the compiled kernels; W from GPTQ ``words``
     ``[K/8, N]`` (contiguous), ``scales [G, N]`` and ``zero_words [G, N/8]`` (or None).
     ``force`` ("fused" / "blocks") overrides :func:`path`, for tests and benchmarks."""
-    if x2.stride(-1) != 1:
-        x2 = x2.contiguous()
     m, k = x2.shape
+    row_stride, step = x2.stride()
+    if step != 1:
+        x2 = x2.contiguous()
+        row_stride = k
+    dtype = x2.dtype
     n = words.shape[1]
-    if (force or path(m, x2.dtype)) == "blocks":
+    if force == "blocks" or (force is None and m > FUSED_MAX_ROWS.get(dtype, 0)):
         return _blocks(x2, words, scales, zero_words, group_size, bias, zero_offset, zeros_awq)
-    out = torch.empty(m, n, dtype=x2.dtype)
+    code = DTYPES[dtype]
+    out = torch.empty(m, n, dtype=dtype)
     _ext.gemm(
-        x2.data_ptr(), DTYPES[x2.dtype], m, k, x2.stride(0), words.data_ptr(), n, scales.data_ptr(),
-        DTYPES[scales.dtype], _address(zero_words), zero_offset, int(zeros_awq), group_size, _address(bias),
-        DTYPES[bias.dtype] if bias is not None else 0, out.data_ptr(), DTYPES[x2.dtype], torch.get_num_threads(),
+        x2.data_ptr(), code, m, k, row_stride, words.data_ptr(), n, scales.data_ptr(), DTYPES[scales.dtype],
+        0 if zero_words is None else zero_words.data_ptr(), zero_offset, int(zeros_awq), group_size,
+        0 if bias is None else bias.data_ptr(), 0 if bias is None else DTYPES[bias.dtype], out.data_ptr(), code,
+        torch.get_num_threads(),
     )
     return out
 
@@ -108,12 +112,16 @@ def _blocks(x2, words, scales, zero_words, group_size, bias, zero_offset, zeros_
     return y.to(x2.dtype)
 
 
-def _fits(x, qweight, scales, qzeros, g_idx, bias, bits, group_size, packing) -> bool:
+_PACKINGS = {CANONICAL.name: False, AWQ.name: True}  # packing -> whether the zero words are AWQ-ordered
+
+
+def _fits(x, scales, g_idx, bias, bits, group_size, packing) -> bool:
+    """Whether the compiled kernel takes this call (the validated inputs share one device)."""
+    if bits != 4 or packing not in _PACKINGS or group_size % 8 or not x.is_cpu or not takes(x.dtype):
+        return False
+    if scales.dtype not in DTYPES or (bias is not None and bias.dtype not in DTYPES):
+        return False
     if torch.compiler.is_compiling():  # a compiled graph takes the torch backend's ops
-        return False
-    if bits != 4 or packing not in (CANONICAL.name, AWQ.name) or group_size % 8 or not takes(x.dtype):
-        return False
-    if any(t is not None and (t.device.type != "cpu" or t.dtype not in DTYPES) for t in (x, scales, bias)):
         return False
     return g_idx is None or _trivial(g_idx, x.shape[-1], group_size)
 
@@ -131,13 +139,19 @@ def _trivial(g_idx, k: int, group_size: int) -> bool:
 
 
 def w4a16_matmul(x, qweight, scales, qzeros, g_idx, bias, bits, group_size, packing, zero_offset):
-    if not _fits(x, qweight, scales, qzeros, g_idx, bias, bits, group_size, packing):
+    if not _fits(x, scales, g_idx, bias, bits, group_size, packing):
         return _torch.w4a16_matmul(x, qweight, scales, qzeros, g_idx, bias, bits, group_size, packing, zero_offset)
-    from incq._native import backend
+    awq = _PACKINGS[packing]
+    if awq:
+        from incq._native import layout_ops
 
-    words = qweight.contiguous() if packing == CANONICAL.name else backend.awq_to_gptq(qweight, 4)
+        words = layout_ops.awq_to_gptq(qweight, 4)
+    else:
+        words = qweight.contiguous()
     zeros = None if qzeros is None else qzeros.contiguous()
+    if x.ndim == 2:
+        return gemm(x, words, scales.contiguous(), zeros, group_size, bias, zero_offset=zero_offset, zeros_awq=awq)
     k = x.shape[-1]
     y = gemm(x.reshape(-1, k), words, scales.contiguous(), zeros, group_size, bias, zero_offset=zero_offset,
-             zeros_awq=packing == AWQ.name)
+             zeros_awq=awq)
     return y.reshape(*x.shape[:-1], y.shape[-1])

@@ -579,9 +579,68 @@ INCQ_TARGET_AVX512 static void pack_row_avx512(const uint8_t *s, uint32_t *d, in
                                                uint32_t add) {
     pack_row_body(s, d, a, b, bits, awq, add);
 }
+/* reorder4 on 16 words: the middle bytes exchanged by a byte shuffle, the middle nibbles by
+ * two shifts and two bitwise selects (each a VPTERNLOGD) */
+INCQ_TARGET_AVX512 static inline __m512i swap_middle_bytes16(__m512i w) {
+    const __m512i order = _mm512_broadcast_i32x4(_mm_setr_epi8(0, 2, 1, 3, 4, 6, 5, 7, 8, 10, 9, 11, 12, 14, 13, 15));
+    return _mm512_shuffle_epi8(w, order);
+}
+INCQ_TARGET_AVX512 static inline __m512i swap_middle_nibbles16(__m512i w) {
+    const __m512i keep = _mm512_set1_epi32((int)0xF00FF00Fu), up = _mm512_set1_epi32(0x0F000F00);
+    __m512i r = _mm512_ternarylogic_epi32(keep, w, _mm512_srli_epi32(w, 4), 0xCA); /* keep ? w : w >> 4 */
+    return _mm512_ternarylogic_epi32(up, _mm512_slli_epi32(w, 4), r, 0xCA);        /* up ? w << 4 : r */
+}
+
+/* convert_zeros_loop, 16 words at a time. A nibble is 0 exactly where the high bit of
+ * ((w & 7...) + 7...) | w is clear (no carry crosses a nibble): that marks bit 4j + 3, and the
+ * clamp shifts the marks to bit 4j (z = 0 -> 1). The flags are constants in each caller below, so
+ * that every combination compiles to its own loop without the work it does not need: the
+ * additions of 0, the zero test where nothing asks for it (raw target, no clamp), the reorder
+ * between equal orders. Returns the marks OR-ed (nonzero: some zero point is 0). */
+ALWAYS_INLINE uint32_t convert_zeros_x16(const uint32_t *s, uint32_t *d, int64_t n, uint32_t fa, uint32_t ta,
+                                         int from, int to, int add_from, int add_to, int detect, int clamp)
+    INCQ_TARGET_AVX512;
+ALWAYS_INLINE uint32_t convert_zeros_x16(const uint32_t *s, uint32_t *d, int64_t n, uint32_t fa, uint32_t ta,
+                                         int from, int to, int add_from, int add_to, int detect, int clamp) {
+    const __m512i from_add = _mm512_set1_epi32((int)fa), to_add = _mm512_set1_epi32((int)ta);
+    const __m512i low3 = _mm512_set1_epi32(0x77777777), high = _mm512_set1_epi32((int)0x88888888u);
+    __m512i seen = _mm512_setzero_si512();
+    for (int64_t i = 0; i + 16 <= n; i += 16) {
+        __m512i w = _mm512_loadu_si512(s + i);
+        if (add_from) w = _mm512_add_epi32(w, from_add);
+        if (detect) {
+            __m512i carried = _mm512_add_epi32(_mm512_and_si512(w, low3), low3);
+            __m512i zero = _mm512_ternarylogic_epi32(carried, w, high, 0x02); /* ~(carried | w) & high */
+            seen = _mm512_or_si512(seen, zero);
+            if (clamp) w = _mm512_or_si512(w, _mm512_srli_epi32(zero, 3));
+        }
+        if (from && !to) w = swap_middle_nibbles16(swap_middle_bytes16(w));
+        else if (!from && to) w = swap_middle_bytes16(swap_middle_nibbles16(w));
+        if (add_to) w = _mm512_add_epi32(w, to_add);
+        _mm512_storeu_si512(d + i, w);
+    }
+    return (uint32_t)_mm512_reduce_or_epi32(seen);
+}
+
+#define CZ_CASE(F, T, AF, AT, D, C)                                                               \
+    if (from == F && to == T && (fa != 0) == AF && (ta != 0) == AT && detect == D && c == C)      \
+        return convert_zeros_x16(s, d, n, fa, ta, F, T, AF, AT, D, C);
+#define CZ_ADDS(F, T, D, C) CZ_CASE(F, T, 0, 0, D, C) CZ_CASE(F, T, 0, 1, D, C) CZ_CASE(F, T, 1, 0, D, C) \
+    CZ_CASE(F, T, 1, 1, D, C)
+#define CZ_MODES(F, T) CZ_ADDS(F, T, 0, 0) CZ_ADDS(F, T, 1, 0) CZ_ADDS(F, T, 1, 1)
+
+INCQ_TARGET_AVX512 static uint32_t convert_zeros_avx512_words(const uint32_t *s, uint32_t *d, int64_t n, int from,
+                                                              uint32_t fa, int to, uint32_t ta, int c) {
+    const int detect = ta != 0 || c;
+    CZ_MODES(0, 0) CZ_MODES(0, 1) CZ_MODES(1, 0) CZ_MODES(1, 1)
+    return 0; /* not reached: the cases above are every combination */
+}
+
 INCQ_TARGET_AVX512 static uint32_t convert_zeros_avx512(const uint32_t *s, uint32_t *d, int64_t a, int64_t b, int f,
                                                         uint32_t fa, int t, uint32_t ta, int c) {
-    return convert_zeros_body(s, d, a, b, f, fa, t, ta, c);
+    const int64_t whole = (b - a) / 16 * 16;
+    uint32_t found = convert_zeros_avx512_words(s + a, d + a, whole, f, fa, t, ta, c);
+    return found | convert_zeros_body(s, d, a + whole, b, f, fa, t, ta, c);
 }
 #endif
 
