@@ -76,6 +76,7 @@ SHAPES = [  # K, N, group, M
     (128, 48, 128, 3),    # one group
     (8, 16, 8, 2),        # one row of words
     (512, 1040, 128, 9),  # several column tiles and a partial one
+    (256, 200, 32, 37),   # two blocks of 16 rows (one word decoded for 16 rows) and 5 more; N's tail
 ]
 
 

@@ -63,7 +63,9 @@ typedef struct {
     void *out;                /* [M, N] */
     int out_dtype;
     /* prepared once per call */
-    const uint32_t *xpairs;   /* bf16 kernels: [M, K/2] pairs (x[8r + p], x[8r + p + 4]) */
+    const uint32_t *xpairs;   /* bf16 kernels: [M, K/2] pairs (x[8r + p], x[8r + p + 4]), row stride xp_ld */
+    int64_t xp_ld;            /* K/2 + 16: rows of pairs 64 bytes off a multiple of 4 KB, so that the
+                                 16 rows a tall kernel reads at a time do not share one L1 set */
     const float *xf;          /* float kernels: [M, K] x as float32 */
     const float *xsum;        /* [M, G] sums over each group of the x the kernel multiplies */
     float *y;                 /* [M, N] float32 scratch, zeroed: the output before rounding */
@@ -299,7 +301,7 @@ F32_TILE(4)
                                                      int64_t n0, int64_t cols, float *y, int64_t ys) { \
         const __m512i nib = _mm512_set1_epi32(0x000F000F), bias = _mm512_set1_epi32(0x43004300); \
         TILE_PROLOGUE(R)                                                                          \
-        const int64_t half = a->k / 2;                                                            \
+        const int64_t half = a->xp_ld;                                                            \
         for (int64_t r = g * per; r < (g + 1) * per; r++) {                                       \
             const int32_t *wrow = a->qweight + r * a->n + n0;                                     \
             const uint32_t *xp = a->xpairs + m0 * half + 4 * r;                                   \
@@ -328,6 +330,45 @@ BF16_TILE(1)
 BF16_TILE(2)
 BF16_TILE(3)
 BF16_TILE(4)
+
+/* TALL rows of x at once on 16 columns (one vector): the 16 accumulators and the four decoded
+ * pairs of a vector fit the 32 registers, so each word is decoded once for TALL rows, not once
+ * per MR (the decode is 7 of every 4 + 7 instructions a row block spends per vector). The
+ * driver takes blocks of TALL rows through this kernel, four calls per tile, and the rest of
+ * the rows through the tiles above. */
+#define TALL 16
+INCQ_TARGET_AVX512BF16 static void tall_bf16(const gemm_args *a, int64_t g, int64_t m0, int64_t n0, int64_t cols,
+                                             float *y, int64_t ys) {
+    const __m512i nib = _mm512_set1_epi32(0x000F000F), bias = _mm512_set1_epi32(0x43004300);
+    const __mmask16 mk = lane_mask(cols, 0);
+    const int64_t per = a->group_size / 8, half = a->xp_ld;
+    __m512 acc[TALL];
+    for (int mi = 0; mi < TALL; mi++) acc[mi] = _mm512_setzero_ps();
+    for (int64_t r = g * per; r < (g + 1) * per; r++) {
+        const int32_t *wrow = a->qweight + r * a->n + n0;
+        const uint32_t *xp = a->xpairs + m0 * half + 4 * r;
+        _mm_prefetch((const char *)(wrow + PREFETCH), PREFETCH_HINT);
+        const __m512i w = _mm512_maskz_loadu_epi32(mk, wrow);
+        const __m512i p0 = _mm512_ternarylogic_epi32(w, nib, bias, 0xEA);
+        const __m512i p1 = _mm512_ternarylogic_epi32(_mm512_srli_epi32(w, 4), nib, bias, 0xEA);
+        const __m512i p2 = _mm512_ternarylogic_epi32(_mm512_srli_epi32(w, 8), nib, bias, 0xEA);
+        const __m512i p3 = _mm512_ternarylogic_epi32(_mm512_srli_epi32(w, 12), nib, bias, 0xEA);
+        for (int mi = 0; mi < TALL; mi++) {
+            const uint32_t *xm = xp + mi * half;
+            BF16_DOT_MEM(acc[mi], p0, xm);
+            BF16_DOT_MEM(acc[mi], p1, xm + 1);
+            BF16_DOT_MEM(acc[mi], p2, xm + 2);
+            BF16_DOT_MEM(acc[mi], p3, xm + 3);
+        }
+    }
+    const __m512 s = scale_vector(a, g, n0, mk), zc = zero_vector(a, g, n0, mk, 128.0f);
+    for (int mi = 0; mi < TALL; mi++) {
+        const __m512 xs = _mm512_set1_ps(a->xsum[(m0 + mi) * a->groups + g]);
+        float *yp = y + mi * ys;
+        const __m512 t = _mm512_fnmadd_ps(zc, xs, acc[mi]);
+        _mm512_mask_storeu_ps(yp, mk, _mm512_fmadd_ps(s, t, _mm512_maskz_loadu_ps(mk, yp)));
+    }
+}
 #endif /* INCQ_X86 */
 
 /* ------------------------------------------------------------------ driver */
@@ -390,7 +431,14 @@ static void gemm_task(void *ctx, int64_t b, int64_t e) {
     for (int64_t g = 0; g < a->groups; g++) {
         for (int64_t n0 = c0; n0 < c1; n0 += TILE) {
             const int64_t cols = c1 - n0 < TILE ? c1 - n0 : TILE;
-            for (int64_t m0 = 0; m0 < a->m; m0 += MR) {
+            int64_t m0 = 0;
+#if INCQ_X86
+            if (uses_pairs(isa) && a->xpairs)
+                for (; m0 + TALL <= a->m; m0 += TALL)
+                    for (int64_t j = 0; j < cols; j += 16)
+                        tall_bf16(a, g, m0, n0 + j, cols - j < 16 ? cols - j : 16, y + m0 * ys + n0 + j, ys);
+#endif
+            for (; m0 < a->m; m0 += MR) {
                 const int64_t rows = a->m - m0 < MR ? a->m - m0 : MR;
                 float *yt = y + m0 * ys + n0;
 #if INCQ_X86
@@ -444,7 +492,8 @@ static int prepare(gemm_args *a, uint32_t **pairs, float **xf, float **xsum, flo
     if (!*xsum) return -1;
     const int bf16 = uses_pairs(incq_isa) && a->x_dtype != INCQ_F32;
     if (bf16) {
-        *pairs = malloc(sizeof(uint32_t) * (size_t)(m * k / 2 > 0 ? m * k / 2 : 1));
+        a->xp_ld = k / 2 + 16;
+        *pairs = malloc(sizeof(uint32_t) * (size_t)(m * a->xp_ld > 0 ? m * a->xp_ld : 1));
         if (!*pairs) return -1;
     }
     /* float kernels read x as float32 [M, K]; the bfloat16 kernel reads one row of it at a time */
@@ -459,7 +508,7 @@ static int prepare(gemm_args *a, uint32_t **pairs, float **xf, float **xsum, flo
             for (int64_t r = 0; r < k / 8; r++)
                 for (int p = 0; p < 4; p++) {
                     uint32_t lo = (uint32_t)incq_f32_to_bf16(row[8 * r + p]), hi = incq_f32_to_bf16(row[8 * r + p + 4]);
-                    (*pairs)[i * (k / 2) + 4 * r + p] = lo | (hi << 16);
+                    (*pairs)[i * a->xp_ld + 4 * r + p] = lo | (hi << 16);
                 }
         }
         for (int64_t g = 0; g < G; g++) {
