@@ -247,3 +247,36 @@ def test_dequantize_compressed_tensors_shapes(k_units, n, g, dtype, bits, act):
             check_dequantize(bits, "compressed-tensors", k, n, g, dtype, act=act)
         finally:
             _native.use(None)
+
+
+# --------------------------------------------------------------------------- zero-point conversion
+
+
+def every_nibble_words(rows: int, cols: int) -> np.ndarray:
+    """Words whose nibbles run through all 16 values in every slot (rows * cols >= 16)."""
+    idx = np.arange(rows * cols, dtype=np.uint64)
+    out = np.zeros(rows * cols, dtype=np.uint64)
+    for slot in range(8):
+        out |= ((idx + 3 * slot) % 16) << np.uint64(4 * slot)
+    return out.astype(np.uint32).view(np.int32).reshape(rows, cols)
+
+
+@pytest.mark.parametrize("cols", [16, 37])  # whole vectors of 16 words, and a tail
+@pytest.mark.parametrize("src,dst", [("awq", "gptq"), ("gptq", "awq"), ("gptq", "gptq")])
+@pytest.mark.parametrize("src_offset,dst_offset,on_zero", [(0, 0, "raise"), (1, 0, "raise"), (0, 1, "borrow"),
+                                                           (0, 1, "clamp"), (1, 1, "borrow")])
+def test_zero_conversion_every_nibble_in_every_slot(variant, cols, src, dst, src_offset, dst_offset, on_zero):
+    """repack_zeros on CPU tensors (the one-pass kernel, every variant, both vector and tail
+    words) against the golden, every zero point 0..15 in every slot, raw and v1 on both sides,
+    zero points of 0 borrowed or clamped."""
+    if (src == "awq" and src_offset) or (dst == "awq" and dst_offset):
+        pytest.skip("AWQ stores raw zero points")
+    stored = every_nibble_words(4, cols)
+    kwargs = dict(src=src, dst=dst, src_zero_offset=src_offset, dst_zero_offset=dst_offset, on_zero=on_zero)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", incq.IncqWarning)  # clamping warns
+        expected = incq.repack_zeros(stored, 4, **kwargs)
+        got = incq.repack_zeros(tensor(stored), 4, **kwargs)
+    same(got, expected)

@@ -172,6 +172,8 @@ def repack_zeros(qzeros, bits=4, *, src, dst, src_zero_offset=0, dst_zero_offset
         raise v.fail(fn, "qzeros", f"needs N divisible by {per} to pack the zero points as {FORMATS[dst].title}",
                      f"N = {n}")
     chosen = _dispatch.backend_for(fn, {"qzeros": qzeros}, backend)
+    if not (FORMATS[src].partial or FORMATS[dst].partial):  # N is the words': one pass where a kernel has it
+        return _convert_zeros(fn, chosen, qzeros, bits, src, src_zero_offset, dst, dst_zero_offset, on_zero)
     zeros = chosen.unpack_zeros(qzeros, bits, src, src_zero_offset, n)
     return _encode_zeros(fn, chosen, zeros, bits, dst, dst_zero_offset, on_zero)
 

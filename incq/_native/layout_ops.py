@@ -162,17 +162,19 @@ def convert_zeros(qzeros, bits, src, src_zero_offset, dst, dst_zero_offset, clam
     and the ``[group, column]`` of the first (None when none), or None where not covered."""
     a, b = _ZERO_ORDER.get((src, bits)), _ZERO_ORDER.get((dst, bits))
     if (bits != 4 or a is None or b is None or not qzeros.is_cpu or qzeros.is_meta or type(qzeros) is not torch.Tensor
-            or torch.compiler.is_compiling() or qzeros.numel() == 0):
+            or torch.compiler.is_compiling()):
         return None
     words = qzeros.contiguous()
+    count = words.numel()
+    if not count:
+        return None
     out = torch.empty_like(words)
-    add = _add(bits, src_zero_offset, +1)
-    first = _ext.convert_zeros(words.data_ptr(), out.data_ptr(), words.numel(), int(a), add, int(b),
-                               _add(bits, dst_zero_offset, -1), int(clamp))
+    add = _ONES[4] if src_zero_offset else 0  # v1 words decode by adding the block of ones, encode by subtracting it
+    first = _ext.convert_zeros(words.data_ptr(), out.data_ptr(), count, a, add, b,
+                               _add(4, dst_zero_offset, -1), clamp)
     if first < 0:
         return out, 0, None
-    n = words.shape[1] * 8
-    return out, _ext.count_zeros(words.data_ptr(), words.numel(), add), divmod(first, n)
+    return out, _ext.count_zeros(words.data_ptr(), count, add), divmod(first, words.shape[1] * 8)
 
 
 def unpack(packed: torch.Tensor, bits: int, axis: int, order: str) -> torch.Tensor:
