@@ -370,19 +370,39 @@ INCQ_TARGET_AVX512 static void dq_words_avx512(const dq_args *a, const uint32_t 
     }
 }
 
+/* rows [k0, k1) from AWQ words [K, N/8]: two words give 16 columns of a row (VPERMD spreads
+ * them, VPSRLVD brings each lane's nibble down). Eight rows at a time share the loads of z and
+ * s of a column block where they lie in one group, and q - z is formed as in dq_words_avx512. */
 INCQ_TARGET_AVX512 static void dq_awq_avx512(const dq_args *a, int64_t k0, int64_t k1) {
     const int64_t n = a->n;
     int32_t sh[16], pick[16];
     for (int l = 0; l < 16; l++) { sh[l] = 4 * AWQ_SLOT[l % 8]; pick[l] = l / 8; }
     const __m512i shifts = _mm512_loadu_si512(sh), picks = _mm512_loadu_si512(pick), f = _mm512_set1_epi32(15);
-    for (int64_t k = k0; k < k1; k++) {
-        const uint32_t *wr = a->w + k * a->rs;
-        const int64_t g = dq_group(a, k);
+    const __m512i magic = _mm512_set1_epi32(0x4B000000);
+    for (int64_t k = k0; k < k1; k += 8) {
+        const int rows = (int)(k1 - k < 8 ? k1 - k : 8);
+        int64_t g[8];
+        int uniform = 1;
+        for (int p = 0; p < rows; p++) {
+            g[p] = dq_group(a, k + p);
+            uniform &= g[p] == g[0];
+        }
         for (int64_t j = 0; j < n; j += 16) {
             const __mmask16 m = j + 16 <= n ? 0xFFFF : (__mmask16)((1u << (n - j)) - 1);
-            const __m128i two = _mm_maskz_loadu_epi32(j + 16 <= n ? 3 : 1, wr + j / 8);
-            const __m512i q = _mm512_and_si512(_mm512_srlv_epi32(_mm512_permutexvar_epi32(picks, _mm512_castsi128_si512(two)), shifts), f);
-            st16_avx512(a, k * n + j, dq16_avx512(a, q, g, j, m), m);
+            const __mmask8 wm = j + 16 <= n ? 3 : 1;
+            __m512 zf = _mm512_setzero_ps(), sf = zf;
+            for (int p = 0; p < rows; p++) {
+                if (p == 0 || !uniform) {
+                    const __m512i z = a->z ? _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m, a->z + g[p] * n + j))
+                                           : _mm512_set1_epi32(8);
+                    zf = _mm512_castsi512_ps(_mm512_or_si512(z, magic));
+                    sf = _mm512_maskz_loadu_ps(m, a->s + g[p] * n + j);
+                }
+                const __m128i two = _mm_maskz_loadu_epi32(wm, a->w + (k + p) * a->rs + j / 8);
+                const __m512i q = _mm512_srlv_epi32(_mm512_permutexvar_epi32(picks, _mm512_castsi128_si512(two)), shifts);
+                const __m512 qf = _mm512_castsi512_ps(_mm512_ternarylogic_epi32(q, f, magic, 0xEA)); /* (q & 15) | magic */
+                st16_avx512(a, (k + p) * n + j, _mm512_mul_ps(_mm512_sub_ps(qf, zf), sf), m);
+            }
         }
     }
 }
