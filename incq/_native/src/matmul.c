@@ -419,43 +419,56 @@ static void write_row(const gemm_args *a, const float *y, int64_t i, int64_t c0,
     write_row_portable(a, y, i, c0, c1);
 }
 
+/* Group g of one tile of columns for every row of x. */
+static void tile_every_row(const gemm_args *a, int isa, int64_t g, int64_t n0, int64_t cols, float *y, int64_t ys) {
+    int64_t m0 = 0;
+#if INCQ_X86
+    if (uses_pairs(isa) && a->xpairs)
+        for (; m0 + TALL <= a->m; m0 += TALL)
+            for (int64_t j = 0; j < cols; j += 16)
+                tall_bf16(a, g, m0, n0 + j, cols - j < 16 ? cols - j : 16, y + m0 * ys + n0 + j, ys);
+#endif
+    for (; m0 < a->m; m0 += MR) {
+        const int64_t rows = a->m - m0 < MR ? a->m - m0 : MR;
+        float *yt = y + m0 * ys + n0;
+#if INCQ_X86
+        if (isa >= INCQ_AVX512) {
+            static const tile_fn f32[MR] = {tile_avx512_1, tile_avx512_2, tile_avx512_3, tile_avx512_4};
+            static const tile_fn bf16[MR] = {tile_bf16_1, tile_bf16_2, tile_bf16_3, tile_bf16_4};
+            (uses_pairs(isa) && a->xpairs ? bf16 : f32)[rows - 1](a, g, m0, n0, cols, yt, ys);
+            continue;
+        }
+        if (isa == INCQ_AVX2) {
+            tile_avx2(a, g, m0, rows, n0, cols, yt, ys);
+            continue;
+        }
+#endif
+        tile_portable(a, g, m0, rows, n0, cols, yt, ys);
+    }
+}
+
 /* Tiles [b, e) of TILE columns for every row of x, accumulating into the float32 scratch
- * a->y [M, N]. Groups run outermost, so that the rows read at a time are one group's (a few
- * streams through memory, not one per row of words); a tile's words of a group stay in L1
- * while the blocks of MR rows of x take them. */
+ * a->y [M, N]. Up to TILES_INNER_ROWS rows of x, groups run outermost, so that the rows of
+ * words read at a time are one group's (a few streams through memory, not one per row of
+ * words), while the scratch's rows (M x N floats) stay in L2. With more rows each word is used
+ * by many rows, and tiles run outermost instead: a tile's M x TILE floats of scratch stay in L1
+ * and L2 over all groups rather than every group passing over all of y. */
+#ifndef TILES_INNER_ROWS
+#define TILES_INNER_ROWS 32
+#endif
 static void gemm_task(void *ctx, int64_t b, int64_t e) {
     const gemm_args *a = ctx;
     const int isa = incq_isa;
     const int64_t c0 = b * TILE, c1 = e * TILE < a->n ? e * TILE : a->n, ys = a->n;
     float *y = a->y;
-    for (int64_t g = 0; g < a->groups; g++) {
-        for (int64_t n0 = c0; n0 < c1; n0 += TILE) {
-            const int64_t cols = c1 - n0 < TILE ? c1 - n0 : TILE;
-            int64_t m0 = 0;
-#if INCQ_X86
-            if (uses_pairs(isa) && a->xpairs)
-                for (; m0 + TALL <= a->m; m0 += TALL)
-                    for (int64_t j = 0; j < cols; j += 16)
-                        tall_bf16(a, g, m0, n0 + j, cols - j < 16 ? cols - j : 16, y + m0 * ys + n0 + j, ys);
-#endif
-            for (; m0 < a->m; m0 += MR) {
-                const int64_t rows = a->m - m0 < MR ? a->m - m0 : MR;
-                float *yt = y + m0 * ys + n0;
-#if INCQ_X86
-                if (isa >= INCQ_AVX512) {
-                    static const tile_fn f32[MR] = {tile_avx512_1, tile_avx512_2, tile_avx512_3, tile_avx512_4};
-                    static const tile_fn bf16[MR] = {tile_bf16_1, tile_bf16_2, tile_bf16_3, tile_bf16_4};
-                    (uses_pairs(isa) && a->xpairs ? bf16 : f32)[rows - 1](a, g, m0, n0, cols, yt, ys);
-                    continue;
-                }
-                if (isa == INCQ_AVX2) {
-                    tile_avx2(a, g, m0, rows, n0, cols, yt, ys);
-                    continue;
-                }
-#endif
-                tile_portable(a, g, m0, rows, n0, cols, yt, ys);
-            }
-        }
+    if (a->m <= TILES_INNER_ROWS) {
+        for (int64_t g = 0; g < a->groups; g++)
+            for (int64_t n0 = c0; n0 < c1; n0 += TILE)
+                tile_every_row(a, isa, g, n0, c1 - n0 < TILE ? c1 - n0 : TILE, y, ys);
+    } else {
+        for (int64_t n0 = c0; n0 < c1; n0 += TILE)
+            for (int64_t g = 0; g < a->groups; g++)
+                tile_every_row(a, isa, g, n0, c1 - n0 < TILE ? c1 - n0 : TILE, y, ys);
     }
     for (int64_t i = 0; i < a->m; i++) write_row(a, y + i * ys, i, c0, c1);
 }
