@@ -119,7 +119,10 @@ def rows_for(k: int, n: int, reps: int, cold: bool, compiled: bool = False):
          lambda z, **b: incq.awq_zeros_to_gptq(z, zero_offset=1, **b), None, awq_zeros),
     ]
     for name, tensor, array, fn, seed, larger in layout:
-        t_incq, t_copy = paired(lambda: fn(tensor), larger.clone, reps, cold)
+        # operations of a few microseconds (the zero points) take 100 times the runs: their
+        # medians move with every interrupt otherwise
+        quick = larger.numel() * larger.element_size() < (1 << 20)
+        t_incq, t_copy = paired(lambda: fn(tensor), larger.clone, reps * 100 if quick else reps, cold)
         t_torch, _ = paired(lambda: fn(tensor, backend="torch"), larger.clone, reps, cold)
         t_seed = paired(lambda: seed(tensor), larger.clone, slow, cold)[0] if seed else float("nan")
         t_gold, t_npcopy = paired(lambda: fn(array), larger.cpu().numpy().copy, slow, cold)
