@@ -172,13 +172,8 @@ def _passed(x: Any) -> set | None:
 
 def passed_before(x: Any, check: Any) -> bool:
     """Whether ``check`` passed on torch tensor ``x`` as it is now."""
-    entry = _PASSED.get(id(x))
-    if entry is None or entry[0]() is not x:
-        return False
-    try:
-        return (check, x._version) in entry[1]
-    except RuntimeError:  # an inference tensor (never remembered)
-        return False
+    seen = _passed(x)
+    return seen is not None and (check, version(x)) in seen
 
 
 def remember_passed(x: Any, check: Any) -> None:
@@ -359,9 +354,8 @@ def _layer_key(tensors: tuple, scalars: tuple) -> tuple | None:
             continue
         if not is_torch(t):
             return None
-        try:
-            current = t._version
-        except RuntimeError:  # an inference tensor: no version counter
+        current = version(t)
+        if current is None:  # an inference tensor: nothing to notice a write by
             return None
         key += (id(t), current, t.shape, t.dtype, t.device)
     return key

@@ -169,9 +169,8 @@ def convert_zeros(qzeros, bits, src, src_zero_offset, dst, dst_zero_offset, clam
     if not count:
         return None
     out = torch.empty_like(words)
-    add = _ONES[4] if src_zero_offset else 0  # v1 words decode by adding the block of ones, encode by subtracting it
-    first = _ext.convert_zeros(words.data_ptr(), out.data_ptr(), count, a, add, b,
-                               _add(4, dst_zero_offset, -1), clamp)
+    add = _add(4, src_zero_offset, +1)
+    first = _ext.convert_zeros(words.data_ptr(), out.data_ptr(), count, a, add, b, _add(4, dst_zero_offset, -1), clamp)
     if first < 0:
         return out, 0, None
     return out, _ext.count_zeros(words.data_ptr(), count, add), divmod(first, words.shape[1] * 8)

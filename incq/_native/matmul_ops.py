@@ -149,9 +149,6 @@ def w4a16_matmul(x, qweight, scales, qzeros, g_idx, bias, bits, group_size, pack
     else:
         words = qweight.contiguous()
     zeros = None if qzeros is None else qzeros.contiguous()
-    if x.ndim == 2:
-        return gemm(x, words, scales.contiguous(), zeros, group_size, bias, zero_offset=zero_offset, zeros_awq=awq)
-    k = x.shape[-1]
-    y = gemm(x.reshape(-1, k), words, scales.contiguous(), zeros, group_size, bias, zero_offset=zero_offset,
-             zeros_awq=awq)
-    return y.reshape(*x.shape[:-1], y.shape[-1])
+    x2 = x if x.ndim == 2 else x.reshape(-1, x.shape[-1])
+    y = gemm(x2, words, scales.contiguous(), zeros, group_size, bias, zero_offset=zero_offset, zeros_awq=awq)
+    return y if x2 is x else y.reshape(*x.shape[:-1], y.shape[-1])

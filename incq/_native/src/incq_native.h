@@ -16,6 +16,9 @@
 #include <stddef.h>
 #include <string.h>
 
+/* a helper inlined into each variant that calls it (its target a subset of the caller's) */
+#define ALWAYS_INLINE static inline __attribute__((always_inline))
+
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #define INCQ_X86 1
 #define INCQ_TARGET_AVX2 __attribute__((target("avx2,fma,f16c,bmi2")))

@@ -16,8 +16,6 @@
 static const int AWQ_ORDER[8] = {0, 2, 4, 6, 1, 3, 5, 7};
 static const int AWQ_SLOT[8] = {0, 4, 1, 5, 2, 6, 3, 7};
 
-#define ALWAYS_INLINE static inline __attribute__((always_inline))
-
 /* ================================================================== 8 x 8 nibble transpose
  *
  * awq_to_gptq reads AWQ words src[K, C] (row k, word column c: slot i = column 8c + AWQ_ORDER[i])
@@ -611,9 +609,19 @@ INCQ_TARGET_AVX512 static inline __m512i swap_middle_nibbles16(__m512i w) {
     return _mm512_ternarylogic_epi32(up, _mm512_slli_epi32(w, 4), r, 0xCA);        /* up ? w << 4 : r */
 }
 
-/* convert_zeros_loop, 16 words at a time. A nibble is 0 exactly where the high bit of
- * ((w & 7...) + 7...) | w is clear (no carry crosses a nibble): that marks bit 4j + 3, and the
- * clamp shifts the marks to bit 4j (z = 0 -> 1). The flags are constants in each caller below, so
+/* The zero test of 16 words: a nibble is 0 exactly where the high bit of ((w & 7...) + 7...) | w
+ * is clear (no carry crosses a nibble). The marks (bit 4j + 3) are OR-ed into *seen; with clamp
+ * they are shifted to bit 4j and OR-ed into the words (z = 0 -> 1). */
+ALWAYS_INLINE __m512i mark_zeros16(__m512i w, __m512i *seen, int clamp) INCQ_TARGET_AVX512;
+ALWAYS_INLINE __m512i mark_zeros16(__m512i w, __m512i *seen, int clamp) {
+    const __m512i low3 = _mm512_set1_epi32(0x77777777), high = _mm512_set1_epi32((int)0x88888888u);
+    const __m512i carried = _mm512_add_epi32(_mm512_and_si512(w, low3), low3);
+    const __m512i zero = _mm512_ternarylogic_epi32(carried, w, high, 0x02); /* ~(carried | w) & high */
+    *seen = _mm512_or_si512(*seen, zero);
+    return clamp ? _mm512_or_si512(w, _mm512_srli_epi32(zero, 3)) : w;
+}
+
+/* convert_zeros_loop, 16 words at a time (zero test: mark_zeros16). The flags are constants in each caller below, so
  * that every combination compiles to its own loop without the work it does not need: the
  * additions of 0, the zero test where nothing asks for it (raw target, no clamp), the reorder
  * between equal orders. Returns the marks OR-ed (nonzero: some zero point is 0). */
@@ -623,17 +631,11 @@ ALWAYS_INLINE uint32_t convert_zeros_x16(const uint32_t *s, uint32_t *d, int64_t
 ALWAYS_INLINE uint32_t convert_zeros_x16(const uint32_t *s, uint32_t *d, int64_t n, uint32_t fa, uint32_t ta,
                                          int from, int to, int add_from, int add_to, int detect, int clamp) {
     const __m512i from_add = _mm512_set1_epi32((int)fa), to_add = _mm512_set1_epi32((int)ta);
-    const __m512i low3 = _mm512_set1_epi32(0x77777777), high = _mm512_set1_epi32((int)0x88888888u);
     __m512i seen = _mm512_setzero_si512();
     for (int64_t i = 0; i + 16 <= n; i += 16) {
         __m512i w = _mm512_loadu_si512(s + i);
         if (add_from) w = _mm512_add_epi32(w, from_add);
-        if (detect) {
-            __m512i carried = _mm512_add_epi32(_mm512_and_si512(w, low3), low3);
-            __m512i zero = _mm512_ternarylogic_epi32(carried, w, high, 0x02); /* ~(carried | w) & high */
-            seen = _mm512_or_si512(seen, zero);
-            if (clamp) w = _mm512_or_si512(w, _mm512_srli_epi32(zero, 3));
-        }
+        if (detect) w = mark_zeros16(w, &seen, clamp);
         if (from && !to) w = swap_middle_nibbles16(swap_middle_bytes16(w));
         else if (!from && to) w = swap_middle_bytes16(swap_middle_nibbles16(w));
         if (add_to) w = _mm512_add_epi32(w, to_add);
@@ -669,17 +671,11 @@ INCQ_TARGET_VBMI static uint32_t convert_zeros_vbmi(const uint32_t *s, uint32_t 
     const __m512i hi = from ? _mm512_set1_epi64(0x3834302C1814100CLL) : _mm512_set1_epi64(0x3828342418081404LL);
     const __m512i low_nibbles = _mm512_set1_epi32(0x0F0F0F0F);
     const __m512i from_add = _mm512_set1_epi32((int)fa), to_add = _mm512_set1_epi32((int)ta);
-    const __m512i low3 = _mm512_set1_epi32(0x77777777), high = _mm512_set1_epi32((int)0x88888888u);
     const int detect = ta != 0 || c;
     __m512i seen = _mm512_setzero_si512();
     for (int64_t i = 0; i + 16 <= n; i += 16) {
         __m512i w = _mm512_add_epi32(_mm512_loadu_si512(s + i), from_add);
-        if (detect) {
-            __m512i carried = _mm512_add_epi32(_mm512_and_si512(w, low3), low3);
-            __m512i zero = _mm512_ternarylogic_epi32(carried, w, high, 0x02); /* ~(carried | w) & high */
-            seen = _mm512_or_si512(seen, zero);
-            if (c) w = _mm512_or_si512(w, _mm512_srli_epi32(zero, 3));
-        }
+        if (detect) w = mark_zeros16(w, &seen, c);
         w = _mm512_ternarylogic_epi32(low_nibbles, _mm512_multishift_epi64_epi8(lo, w),
                                       _mm512_multishift_epi64_epi8(hi, w), 0xCA); /* low ? X : Y */
         _mm512_storeu_si512(d + i, _mm512_add_epi32(w, to_add));

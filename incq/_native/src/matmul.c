@@ -296,10 +296,20 @@ F32_TILE(4)
 #define BF16_DOT_REG(c, p, xp) c = _mm512_dpbf16_ps(c, (__m512bh)(p), (__m512bh)_mm512_set1_epi32((int)*(xp)))
 #define BF16_DOT(R, c, p, xp) BY_ROWS(R, BF16_DOT_REG(c, p, xp), BF16_DOT_MEM(c, p, xp))
 
+/* A vector of 16 words -> four vectors of bfloat16 pairs: (w >> 4p) & 0x000F000F | 0x43004300 is
+ * bfloat16 128 + q for rows 8r + p (low half) and 8r + p + 4 (high half) */
+ALWAYS_INLINE void bf16_pairs(__m512i w, __m512i *p0, __m512i *p1, __m512i *p2, __m512i *p3) INCQ_TARGET_AVX512BF16;
+ALWAYS_INLINE void bf16_pairs(__m512i w, __m512i *p0, __m512i *p1, __m512i *p2, __m512i *p3) {
+    const __m512i nib = _mm512_set1_epi32(0x000F000F), bias = _mm512_set1_epi32(0x43004300);
+    *p0 = _mm512_ternarylogic_epi32(w, nib, bias, 0xEA);
+    *p1 = _mm512_ternarylogic_epi32(_mm512_srli_epi32(w, 4), nib, bias, 0xEA);
+    *p2 = _mm512_ternarylogic_epi32(_mm512_srli_epi32(w, 8), nib, bias, 0xEA);
+    *p3 = _mm512_ternarylogic_epi32(_mm512_srli_epi32(w, 12), nib, bias, 0xEA);
+}
+
 #define BF16_TILE(R)                                                                              \
     INCQ_TARGET_AVX512BF16 static void tile_bf16_##R(const gemm_args *a, int64_t g, int64_t m0,   \
                                                      int64_t n0, int64_t cols, float *y, int64_t ys) { \
-        const __m512i nib = _mm512_set1_epi32(0x000F000F), bias = _mm512_set1_epi32(0x43004300); \
         TILE_PROLOGUE(R)                                                                          \
         const int64_t half = a->xp_ld;                                                            \
         for (int64_t r = g * per; r < (g + 1) * per; r++) {                                       \
@@ -307,12 +317,8 @@ F32_TILE(4)
             const uint32_t *xp = a->xpairs + m0 * half + 4 * r;                                   \
             PREFETCH_ROW(wrow);                                                                   \
             for (int v = 0; v < NV; v++) {                                                         \
-                const __m512i w = _mm512_maskz_loadu_epi32(mk[v], wrow + 16 * v);                 \
-                /* (w >> 4p) & 0x000F000F | 0x43004300: bfloat16 128 + q, rows 8r+p, 8r+p+4 */     \
-                const __m512i p0 = _mm512_ternarylogic_epi32(w, nib, bias, 0xEA);                 \
-                const __m512i p1 = _mm512_ternarylogic_epi32(_mm512_srli_epi32(w, 4), nib, bias, 0xEA); \
-                const __m512i p2 = _mm512_ternarylogic_epi32(_mm512_srli_epi32(w, 8), nib, bias, 0xEA); \
-                const __m512i p3 = _mm512_ternarylogic_epi32(_mm512_srli_epi32(w, 12), nib, bias, 0xEA); \
+                __m512i p0, p1, p2, p3;                                                           \
+                bf16_pairs(_mm512_maskz_loadu_epi32(mk[v], wrow + 16 * v), &p0, &p1, &p2, &p3);   \
                 for (int mi = 0; mi < R; mi++) {                                                  \
                     const uint32_t *xm = xp + mi * half;                                          \
                     __m512 *c = acc[mi][v];                                                       \
@@ -339,7 +345,6 @@ BF16_TILE(4)
 #define TALL 16
 INCQ_TARGET_AVX512BF16 static void tall_bf16(const gemm_args *a, int64_t g, int64_t m0, int64_t n0, int64_t cols,
                                              float *y, int64_t ys) {
-    const __m512i nib = _mm512_set1_epi32(0x000F000F), bias = _mm512_set1_epi32(0x43004300);
     const __mmask16 mk = lane_mask(cols, 0);
     const int64_t per = a->group_size / 8, half = a->xp_ld;
     __m512 acc[TALL];
@@ -348,11 +353,8 @@ INCQ_TARGET_AVX512BF16 static void tall_bf16(const gemm_args *a, int64_t g, int6
         const int32_t *wrow = a->qweight + r * a->n + n0;
         const uint32_t *xp = a->xpairs + m0 * half + 4 * r;
         _mm_prefetch((const char *)(wrow + PREFETCH), PREFETCH_HINT);
-        const __m512i w = _mm512_maskz_loadu_epi32(mk, wrow);
-        const __m512i p0 = _mm512_ternarylogic_epi32(w, nib, bias, 0xEA);
-        const __m512i p1 = _mm512_ternarylogic_epi32(_mm512_srli_epi32(w, 4), nib, bias, 0xEA);
-        const __m512i p2 = _mm512_ternarylogic_epi32(_mm512_srli_epi32(w, 8), nib, bias, 0xEA);
-        const __m512i p3 = _mm512_ternarylogic_epi32(_mm512_srli_epi32(w, 12), nib, bias, 0xEA);
+        __m512i p0, p1, p2, p3;
+        bf16_pairs(_mm512_maskz_loadu_epi32(mk, wrow), &p0, &p1, &p2, &p3);
         for (int mi = 0; mi < TALL; mi++) {
             const uint32_t *xm = xp + mi * half;
             BF16_DOT_MEM(acc[mi], p0, xm);
