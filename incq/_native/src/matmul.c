@@ -27,6 +27,11 @@
 
 #include <stdlib.h>
 
+/* Loops over a kernel's registers (rows of x, vectors, chains) are unrolled fully, so that the
+ * accumulator arrays live in registers: otherwise GCC keeps them on the stack and stores them
+ * on every row of words (measured: the 16-row kernel 25-30% slower). */
+#define UNROLL _Pragma("GCC unroll 16")
+
 #define TILE 64       /* output columns a kernel call keeps in registers ... */
 #define NV (TILE / 16) /* ... as NV vectors of 16 */
 #define MR 4    /* rows of x handled together */
@@ -146,22 +151,22 @@ INCQ_TARGET_AVX2 static void row_avx2(const gemm_args *a, int64_t g, int64_t m, 
         for (int v = 0; v < 4; v++)
             mk[v] = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(cols - h - 8 * v)), lanes);
         __m256 acc[4][2];
-        for (int v = 0; v < 4; v++) acc[v][0] = acc[v][1] = _mm256_setzero_ps();
+        UNROLL for (int v = 0; v < 4; v++) acc[v][0] = acc[v][1] = _mm256_setzero_ps();
         for (int64_t r = g * per; r < (g + 1) * per; r++) {
             const int32_t *wrow = a->qweight + r * a->n + n0 + h;
             const float *xr = a->xf + m * a->k + 8 * r;
             _mm_prefetch((const char *)(wrow + PREFETCH), _MM_HINT_T0);
             _mm_prefetch((const char *)(wrow + PREFETCH + 16), _MM_HINT_T0);
-            for (int v = 0; v < 4; v++) {
+            UNROLL for (int v = 0; v < 4; v++) {
                 const __m256i w = _mm256_maskload_epi32(wrow + 8 * v, mk[v]);
-                for (int i = 0; i < 8; i++) {
+                UNROLL for (int i = 0; i < 8; i++) {
                     const __m256 q = _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srli_epi32(w, 4 * i), fifteen));
                     acc[v][i & 1] = _mm256_fmadd_ps(q, _mm256_broadcast_ss(xr + i), acc[v][i & 1]);
                 }
             }
         }
         const __m256 xs = _mm256_set1_ps(a->xsum[m * a->groups + g]);
-        for (int v = 0; v < 4; v++) {
+        UNROLL for (int v = 0; v < 4; v++) {
             float s[8], z[8], t[8];
             _mm256_storeu_ps(t, _mm256_add_ps(acc[v][0], acc[v][1]));
             for (int l = 0; l < 8; l++) {
@@ -222,11 +227,11 @@ static inline __mmask16 lane_mask(int64_t cols, int v) {
 
 /* y[mi][v] += s * (A - zc * X), A the sum of the vector's chains */
 #define EPILOGUE(C, R)                                                                            \
-    for (int v = 0; v < NV; v++) {                                                                 \
+    UNROLL for (int v = 0; v < NV; v++) {                                                                 \
         if (!mk[v]) continue;                                                                     \
         const __m512 s = scale_vector(a, g, n0 + 16 * v, mk[v]);                                  \
         const __m512 zc = zero_vector(a, g, n0 + 16 * v, mk[v], C);                               \
-        for (int mi = 0; mi < R; mi++) {                                                          \
+        UNROLL for (int mi = 0; mi < R; mi++) {                                                          \
             const __m512 xs = _mm512_set1_ps(a->xsum[(m0 + mi) * a->groups + g]);                 \
             float *yp = y + mi * ys + 16 * v;                                                     \
             __m512 sum = acc[mi][v][0];                                                           \
@@ -238,11 +243,11 @@ static inline __mmask16 lane_mask(int64_t cols, int v) {
 
 #define TILE_PROLOGUE(R)                                                                          \
     __mmask16 mk[NV];                                                                              \
-    for (int v = 0; v < NV; v++) mk[v] = lane_mask(cols, v);                                       \
+    UNROLL for (int v = 0; v < NV; v++) mk[v] = lane_mask(cols, v);                                       \
     __m512 acc[R][NV][PAR(R)];                                                                     \
-    for (int mi = 0; mi < R; mi++)                                                                \
-        for (int v = 0; v < NV; v++)                                                               \
-            for (int c = 0; c < PAR(R); c++) acc[mi][v][c] = _mm512_setzero_ps();                 \
+    UNROLL for (int mi = 0; mi < R; mi++)                                                                \
+        UNROLL for (int v = 0; v < NV; v++)                                                               \
+            UNROLL for (int c = 0; c < PAR(R); c++) acc[mi][v][c] = _mm512_setzero_ps();                 \
     const int64_t per = a->group_size / 8;
 
 /* ------------------------------------------------------------------ AVX-512 float32 kernel */
@@ -271,12 +276,12 @@ static inline __mmask16 lane_mask(int64_t cols, int v) {
             const int32_t *wrow = a->qweight + r * a->n + n0;                                     \
             const float *xr = a->xf + m0 * a->k + 8 * r;                                          \
             PREFETCH_ROW(wrow);                                                                   \
-            for (int v = 0; v < NV; v++) {                                                         \
+            UNROLL for (int v = 0; v < NV; v++) {                                                         \
                 const __m512i w = _mm512_maskz_loadu_epi32(mk[v], wrow + 16 * v);                 \
-                for (int i = 0; i < 8; i += 2) {                                                  \
+                UNROLL for (int i = 0; i < 8; i += 2) {                                                  \
                     const __m512 d0 = _mm512_permutexvar_ps(_mm512_srli_epi32(w, 4 * i), lut);    \
                     const __m512 d1 = _mm512_permutexvar_ps(_mm512_srli_epi32(w, 4 * i + 4), lut); \
-                    for (int mi = 0; mi < R; mi++) {                                              \
+                    UNROLL for (int mi = 0; mi < R; mi++) {                                              \
                         __m512 *c = acc[mi][v];                                                   \
                         F32_FMA(R, c[0], d0, xr + mi * a->k + i);                                    \
                         F32_FMA(R, c[PAR(R) - 1], d1, xr + mi * a->k + i + 1);                       \
@@ -321,10 +326,10 @@ ALWAYS_INLINE void bf16_pairs(__m512i w, __m512i *p0, __m512i *p1, __m512i *p2, 
             const int32_t *wrow = a->qweight + r * a->n + n0;                                     \
             const uint32_t *xp = a->xpairs + m0 * half + 4 * r;                                   \
             PREFETCH_ROW(wrow);                                                                   \
-            for (int v = 0; v < NV; v++) {                                                         \
+            UNROLL for (int v = 0; v < NV; v++) {                                                         \
                 __m512i p0, p1, p2, p3;                                                           \
                 bf16_pairs(_mm512_maskz_loadu_epi32(mk[v], wrow + 16 * v), &p0, &p1, &p2, &p3);   \
-                for (int mi = 0; mi < R; mi++) {                                                  \
+                UNROLL for (int mi = 0; mi < R; mi++) {                                                  \
                     const uint32_t *xm = xp + mi * half;                                          \
                     __m512 *c = acc[mi][v];                                                       \
                     BF16_DOT(R, c[0], p0, xm);                                                    \
@@ -353,14 +358,14 @@ INCQ_TARGET_AVX512BF16 static void tall_bf16(const gemm_args *a, int64_t g, int6
     const __mmask16 mk = lane_mask(cols, 0);
     const int64_t per = a->group_size / 8, half = a->xp_ld;
     __m512 acc[TALL];
-    for (int mi = 0; mi < TALL; mi++) acc[mi] = _mm512_setzero_ps();
+    UNROLL for (int mi = 0; mi < TALL; mi++) acc[mi] = _mm512_setzero_ps();
     for (int64_t r = g * per; r < (g + 1) * per; r++) {
         const int32_t *wrow = a->qweight + r * a->n + n0;
         const uint32_t *xp = a->xpairs + m0 * half + 4 * r;
         _mm_prefetch((const char *)(wrow + PREFETCH_TALL), _MM_HINT_T1);
         __m512i p0, p1, p2, p3;
         bf16_pairs(_mm512_maskz_loadu_epi32(mk, wrow), &p0, &p1, &p2, &p3);
-        for (int mi = 0; mi < TALL; mi++) {
+        UNROLL for (int mi = 0; mi < TALL; mi++) {
             const uint32_t *xm = xp + mi * half;
             BF16_DOT_MEM(acc[mi], p0, xm);
             BF16_DOT_MEM(acc[mi], p1, xm + 1);
@@ -369,13 +374,14 @@ INCQ_TARGET_AVX512BF16 static void tall_bf16(const gemm_args *a, int64_t g, int6
         }
     }
     const __m512 s = scale_vector(a, g, n0, mk), zc = zero_vector(a, g, n0, mk, 128.0f);
-    for (int mi = 0; mi < TALL; mi++) {
+    UNROLL for (int mi = 0; mi < TALL; mi++) {
         const __m512 xs = _mm512_set1_ps(a->xsum[(m0 + mi) * a->groups + g]);
         float *yp = y + mi * ys;
         const __m512 t = _mm512_fnmadd_ps(zc, xs, acc[mi]);
         _mm512_mask_storeu_ps(yp, mk, _mm512_fmadd_ps(s, t, _mm512_maskz_loadu_ps(mk, yp)));
     }
 }
+
 #endif /* INCQ_X86 */
 
 /* ------------------------------------------------------------------ driver */
