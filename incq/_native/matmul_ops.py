@@ -34,9 +34,10 @@ def _address(t) -> int:
 #: the most rows of x the fused kernel takes, per x dtype; more rows dequantize blocks of
 #: columns and multiply them with torch's GEMM. Measured on a 2-core AVX-512 BF16 machine
 #: (4096 x 11008, group 128, 1 and 2 threads, interleaved with dense in one run): in bfloat16
-#: the two cross near M = 64, in float32 (whose dense GEMM is slower) near M = 256
-#: (specs/kernels.md has the table).
-FUSED_MAX_ROWS = {torch.bfloat16: 64, torch.float16: 64, torch.float32: 256}
+#: and float16 the two cross between M = 64 (fused 1.17-1.22x dense, blocks 1.28x) and 96
+#: (fused 1.50x, blocks 1.16x); in float32, whose dense GEMM is slower, the fused kernel takes
+#: 0.55-0.64x dense up to M = 512, 0.70-0.88x at 1024 and 1.04x at 2048 (blocks 1.07x).
+FUSED_MAX_ROWS = {torch.bfloat16: 64, torch.float16: 64, torch.float32: 1024}
 
 
 def block_columns(threads: int) -> int:

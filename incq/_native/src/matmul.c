@@ -467,7 +467,7 @@ static void tile_every_row(const gemm_args *a, int isa, int64_t g, int64_t n0, i
  * by many rows, and tiles run outermost instead: a tile's M x TILE floats of scratch stay in L1
  * and L2 over all groups rather than every group passing over all of y. */
 #ifndef TILES_INNER_ROWS
-#define TILES_INNER_ROWS 32
+#define TILES_INNER_ROWS 64
 #endif
 static void gemm_task(void *ctx, int64_t b, int64_t e) {
     const gemm_args *a = ctx;
