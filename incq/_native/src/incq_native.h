@@ -47,6 +47,13 @@ typedef void (*incq_task)(void *ctx, int64_t begin, int64_t end);
  * chunk. Returns when all chunks are done. */
 void incq_parallel_for(int threads, int64_t total, int64_t grain, incq_task fn, void *ctx);
 
+/* ---- output buffers ---- */
+/* Ask the kernel (Linux) to back the 2 MiB-aligned interior of a freshly allocated output of
+ * `bytes` bytes with transparent huge pages before a kernel writes it: a page fault per 2 MiB
+ * instead of per 4 KiB, which is most of the time of writing a new 90 MB tensor. Advice only:
+ * nothing happens where the system has huge pages off, for outputs under 4 MiB, or elsewhere. */
+void incq_advise_huge(void *p, int64_t bytes);
+
 /* ---- scalar conversions (exact, round to nearest even) ---- */
 static inline float incq_bf16_to_f32(uint16_t h) {
     uint32_t u = (uint32_t)h << 16;

@@ -194,6 +194,7 @@ static PyObject *py_nibble_transpose(PyObject *const *args, Py_ssize_t nargs, in
     int aligned = ((uintptr_t)a.dst % 64 == 0) && (to_gptq ? v[3] % 2 == 0 : v[3] % 16 == 0);
     a.stream = aligned && v[2] * v[3] * 32 >= STREAM_BYTES;
     Py_BEGIN_ALLOW_THREADS
+    incq_advise_huge(a.dst, v[2] * v[3] * 32);
     incq_parallel_for((int)v[4], v[2], nib_grain(v[3]), to_gptq ? awq_to_gptq_task : gptq_to_awq_task, &a);
     Py_END_ALLOW_THREADS
     Py_RETURN_NONE;
@@ -474,6 +475,7 @@ static PyObject *py_dequantize(PyObject *self, PyObject *const *args, Py_ssize_t
     Py_BEGIN_ALLOW_THREADS
     /* VCVTNEPS2BF16 reads subnormal inputs as zero; a product is subnormal only where a scale is */
     a.bf16_native = a.dt == INCQ_BF16 && incq_isa == INCQ_AVX512BF16 && !any_subnormal(a.s, v[7] * a.n);
+    incq_advise_huge(a.out, a.k * a.n * (a.dt == INCQ_F32 ? 4 : 2));
     incq_parallel_for((int)v[14], (a.k + DQ_UNIT - 1) / DQ_UNIT, 1, dq_task, &a);
     Py_END_ALLOW_THREADS
     Py_RETURN_NONE;

@@ -514,6 +514,8 @@ static int prepare(gemm_args *a, uint32_t **pairs, float **xf, float **xsum, flo
     *xf = NULL;
     *y = calloc((size_t)(m * a->n), sizeof(float));
     if (!*y) return -1;
+    incq_advise_huge(*y, m * a->n * 4);
+    incq_advise_huge(a->out, m * a->n * (a->out_dtype == INCQ_F32 ? 4 : 2));
     *xsum = malloc(sizeof(float) * (size_t)(m * G > 0 ? m * G : 1));
     if (!*xsum) return -1;
     const int bf16 = uses_pairs(incq_isa) && a->x_dtype != INCQ_F32;

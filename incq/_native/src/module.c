@@ -3,6 +3,7 @@
 #include "incq_native.h"
 
 #include <dlfcn.h>
+#include <sys/mman.h>
 #include <link.h>
 #include <pthread.h>
 
@@ -169,6 +170,17 @@ static void team_chunk(void *arg) {
     int64_t b = (int64_t)gomp_thread_num() * job->chunk, e = b + job->chunk;
     if (e > job->total) e = job->total;
     if (b < e) job->fn(job->ctx, b, e);
+}
+
+void incq_advise_huge(void *p, int64_t bytes) {
+#ifdef MADV_HUGEPAGE
+    const uintptr_t huge = (uintptr_t)2 << 20, begin = ((uintptr_t)p + huge - 1) & ~(huge - 1),
+                    end = ((uintptr_t)p + (uintptr_t)(bytes > 0 ? bytes : 0)) & ~(huge - 1);
+    if (bytes >= (int64_t)(4 << 20) && end > begin) madvise((void *)begin, end - begin, MADV_HUGEPAGE);
+#else
+    (void)p;
+    (void)bytes;
+#endif
 }
 
 void incq_parallel_for(int threads, int64_t total, int64_t grain, incq_task fn, void *ctx) {
