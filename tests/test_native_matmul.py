@@ -128,6 +128,36 @@ def test_act_order_layout_runs_compiled(variant, no_torch_fallback, dtype, m, mo
     assert_matmul_close(incq.layout_matmul(x, layout).double().numpy(), golden64(x, tensors, kwargs), tolerance(dtype))
 
 
+BLOCK_CASES = [  # K, N, group, n0, nb
+    (24, 64, 8, 16, 40),     # three rows of words split over threads, 40 columns
+    (256, 200, 64, 0, 200),  # all columns, N's tail
+    (128, 48, 128, 32, 16),  # one group, one tile
+    (8, 16, 8, 0, 3),        # one row of words, three columns
+]
+
+
+@pytest.mark.parametrize("k,n,group,n0,nb", BLOCK_CASES)
+@pytest.mark.parametrize("sym,packing,zero_offset", [(True, "gptq", 0), (False, "gptq", 1), (False, "awq", 0)])
+@pytest.mark.parametrize("compute", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_dequantized_blocks_are_the_dequantized_layer_bit_for_bit(variant, k, n, group, n0, nb, sym, packing,
+                                                                  zero_offset, compute, threads):
+    """The GEMM path's operand [K, nb], on every variant and split over threads: exactly
+    incq.dequantize's columns n0 .. n0 + nb rounded to the block's dtype."""
+    from incq._native import _ext, layout_ops
+
+    (qweight, scales, qzeros, _), kwargs = layer(k, n, group, sym=sym, packing=packing, zero_offset=zero_offset,
+                                                 dtype=torch.float32)
+    want = incq.dequantize(qweight, scales, qzeros, **kwargs)
+    want = want.to(compute)[:, n0:n0 + nb]
+    words = layout_ops.awq_to_gptq(qweight, 4) if packing == "awq" else qweight
+    block = torch.full((k, nb), float("nan"), dtype=compute)
+    _ext.dequantize_block(words.data_ptr(), n, k, scales.data_ptr(), matmul_ops.DTYPES[scales.dtype],
+                          0 if qzeros is None else qzeros.data_ptr(), zero_offset, int(packing == "awq"), group,
+                          n0, nb, block.data_ptr(), matmul_ops.DTYPES[compute], threads)
+    assert torch.equal(block, want)
+
+
 def test_empty_x_gives_empty_output(variant):
     tensors, kwargs = layer(64, 32, 32)
     y = incq.w4a16_matmul(torch.zeros(0, 64, dtype=torch.bfloat16), *tensors, **kwargs)
