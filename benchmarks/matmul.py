@@ -136,7 +136,7 @@ def main(argv=None) -> None:
     parser.add_argument("--threads", default="1,2", help="torch.set_num_threads values, comma-separated")
     parser.add_argument("--reps", type=int, default=7)
     parser.add_argument("--max-s", type=float, default=10.0,
-                        help="skip anchor runs estimated to take longer than this")
+                        help="skip anchor runs (aten, torch, vLLM) estimated to take longer than this")
     args = parser.parse_args(argv)
 
     from incq import _native
@@ -184,7 +184,8 @@ def main(argv=None) -> None:
                     if vllm is not None and vllm_agrees(vllm, vllm_operands, x, layout):
                         fns["vllm"] = lambda: vllm[1](x, vllm_operands, layout.scales)
                     for name in list(fns):
-                        if name != "incq" and last.get(name, 0.0) * 4 > args.max_s * 1e3:  # ~linear in M
+                        anchor = name not in ("incq", "dense")  # incq and its baseline always run
+                        if anchor and last.get(name, 0.0) * 4 > args.max_s * 1e3:  # ~linear in M
                             del fns[name]
                     ms = timed(fns, args.reps)
                     last.update(ms)
