@@ -12,7 +12,8 @@ a run takes over a second), the candidates interleaved round-robin. Columns:
 - ``incq``: its time with the weights in the cache (the layer called again); ``cold``: coming
   from memory (64 MiB read before each run, as in a model whose weights exceed the cache);
   ``GB/s``: weight bytes read per second when cold (int4 codes, scales and zero points) and
-  ``%bw`` that as a share of this machine's read bandwidth, measured first by summing 1 GiB;
+  ``%bw`` that as a share of this machine's read bandwidth: summing 1 GiB, timed in the same
+  rounds (the bandwidth of these machines moves between runs);
 - ``dense``: ``F.linear`` with a dense weight (bfloat16 for float16 x: the CPU's float16 GEMM is
   an order of magnitude slower), and ``x dense``: incq's time over it (below 1: faster);
 - ``aten``: PyTorch's own CPU int4 kernel ``aten._weight_int4pack_mm_for_cpu`` (bfloat16 x;
@@ -54,7 +55,7 @@ def timed(fns: dict, reps: int, budget_s: float = 1.0) -> dict:
         fn()
         first[name] = time.perf_counter() - t0
     repeat = [name for name in fns if first[name] <= budget_s]
-    rounds = reps * 5 if all(first[name] < 0.01 for name in repeat) else reps
+    rounds = reps * 5 if all(first[name] < 0.01 for name in repeat if name != "bandwidth cold") else reps
     times = {name: [] for name in repeat}
     for _ in range(rounds):
         for name in repeat:
@@ -68,11 +69,25 @@ def timed(fns: dict, reps: int, budget_s: float = 1.0) -> dict:
     return {name: (statistics.median(times[name]) if name in times else first[name]) * 1e3 for name in fns}
 
 
+_BIG = None
+
+
+def big_sum():
+    """Sum a 1 GiB float32 tensor (all threads): the read-bandwidth probe."""
+    global _BIG
+    if _BIG is None:
+        _BIG = torch.ones(1 << 28, dtype=torch.float32)
+    return _BIG.sum()
+
+
 def read_bandwidth() -> float:
-    """GB/s of summing a 1 GiB float32 tensor (all threads), median of 5."""
-    big = torch.ones(1 << 28, dtype=torch.float32)
-    ms = timed({"sum": big.sum}, 5)["sum"]
-    return big.numel() * 4 / ms / 1e6
+    """GB/s of :func:`big_sum`, median of 5."""
+    return gbs(timed({"sum": big_sum}, 5)["sum"])
+
+
+def gbs(sum_ms: float) -> float:
+    """GB/s of a :func:`big_sum` that took ``sum_ms``."""
+    return (1 << 30) / sum_ms / 1e6
 
 
 def vllm_kernel():
@@ -149,7 +164,8 @@ def main(argv=None) -> None:
     for threads in (int(t) for t in args.threads.split(",")):
         torch.set_num_threads(threads)
         bandwidth = read_bandwidth()
-        print(f"\n=== {threads} thread(s); read bandwidth (sum of 1 GiB) {bandwidth:.1f} GB/s")
+        print(f"\n=== {threads} thread(s); read bandwidth (sum of 1 GiB) {bandwidth:.1f} GB/s now "
+              "(%bw: against the same sum timed in the rounds of the M = 1 row)")
         for shape in args.shapes.split(","):
             k, n = (int(s) for s in shape.lower().split("x"))
             w = torch.from_numpy((rng.standard_normal((k, n)) * 0.02).astype(np.float32)).to(torch.bfloat16)
@@ -179,12 +195,13 @@ def main(argv=None) -> None:
                                                                                     layout.scales_and_zeros),
                         "torch": without_native(lambda: incq.layout_matmul(x, layout)),
                     }
-                    if m == 1:
+                    if m == 1:  # cold weights, against the bandwidth measured in the same rounds
                         fns["incq cold"] = fns["incq"]
+                        fns["bandwidth cold"] = big_sum  # (1 GiB: no warm-up run needed)
                     if vllm is not None and vllm_agrees(vllm, vllm_operands, x, layout):
                         fns["vllm"] = lambda: vllm[1](x, vllm_operands, layout.scales)
                     for name in list(fns):
-                        anchor = name not in ("incq", "dense")  # incq and its baseline always run
+                        anchor = name not in ("incq", "dense", "bandwidth cold")  # incq and its baselines always run
                         if anchor and last.get(name, 0.0) * 4 > args.max_s * 1e3:  # ~linear in M
                             del fns[name]
                     ms = timed(fns, args.reps)
@@ -196,8 +213,8 @@ def main(argv=None) -> None:
                         return f"{v:{width}.2f}" if v is not None else f"{'-':>{width}}"
 
                     if m == 1:
-                        gbs = weight_bytes / ms["incq cold"] / 1e6
-                        cold = f"{ms['incq cold']:8.2f} {gbs:6.1f} {100 * gbs / bandwidth:5.0f}"
+                        rate = weight_bytes / ms["incq cold"] / 1e6
+                        cold = f"{ms['incq cold']:8.2f} {rate:6.1f} {100 * rate / gbs(ms['bandwidth cold']):5.0f}"
                     else:
                         cold = f"{'':8} {'':6} {'':5}"
                     print(f"{m:>5} {path:>14} {ms['incq']:8.2f} {cold} {ms['dense']:8.2f} "
