@@ -133,17 +133,20 @@ BLOCK_CASES = [  # K, N, group, n0, nb
     (256, 200, 64, 0, 200),  # all columns, N's tail
     (128, 48, 128, 32, 16),  # one group, one tile
     (8, 16, 8, 0, 3),        # one row of words, three columns
+    (96, 64, 32, 16, 37),    # three groups of 32, a part tile at an offset
 ]
+# transposed blocks [nb, K] take K and group sizes that are multiples of 32
+BLOCK_LAYOUTS = [(*case, False) for case in BLOCK_CASES] + [(*c, True) for c in BLOCK_CASES if c[0] % 32 == c[2] % 32 == 0]
 
 
-@pytest.mark.parametrize("k,n,group,n0,nb", BLOCK_CASES)
+@pytest.mark.parametrize("k,n,group,n0,nb,transposed", BLOCK_LAYOUTS)
 @pytest.mark.parametrize("sym,packing,zero_offset", [(True, "gptq", 0), (False, "gptq", 1), (False, "awq", 0)])
 @pytest.mark.parametrize("compute", [torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("threads", [1, 2])
 def test_dequantized_blocks_are_the_dequantized_layer_bit_for_bit(variant, k, n, group, n0, nb, sym, packing,
-                                                                  zero_offset, compute, threads):
-    """The GEMM path's operand [K, nb], on every variant and split over threads: exactly
-    incq.dequantize's columns n0 .. n0 + nb rounded to the block's dtype."""
+                                                                  zero_offset, compute, threads, transposed):
+    """The GEMM path's operand [K, nb] (or its transpose [nb, K]), on every variant and split
+    over threads: exactly incq.dequantize's columns n0 .. n0 + nb rounded to the block's dtype."""
     from incq._native import _ext, layout_ops
 
     (qweight, scales, qzeros, _), kwargs = layer(k, n, group, sym=sym, packing=packing, zero_offset=zero_offset,
@@ -151,11 +154,11 @@ def test_dequantized_blocks_are_the_dequantized_layer_bit_for_bit(variant, k, n,
     want = incq.dequantize(qweight, scales, qzeros, **kwargs)
     want = want.to(compute)[:, n0:n0 + nb]
     words = layout_ops.awq_to_gptq(qweight, 4) if packing == "awq" else qweight
-    block = torch.full((k, nb), float("nan"), dtype=compute)
+    block = torch.full((nb, k) if transposed else (k, nb), float("nan"), dtype=compute)
     _ext.dequantize_block(words.data_ptr(), n, k, scales.data_ptr(), matmul_ops.DTYPES[scales.dtype],
                           0 if qzeros is None else qzeros.data_ptr(), zero_offset, int(packing == "awq"), group,
-                          n0, nb, block.data_ptr(), matmul_ops.DTYPES[compute], threads)
-    assert torch.equal(block, want)
+                          n0, nb, block.data_ptr(), matmul_ops.DTYPES[compute], threads, int(transposed))
+    assert torch.equal(block.t() if transposed else block, want)
 
 
 def test_empty_x_gives_empty_output(variant):
