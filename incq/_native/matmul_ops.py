@@ -99,7 +99,8 @@ def _blocks(x2, words, scales, zero_words, group_size, bias, zero_offset, zeros_
     n = words.shape[1]
     compute = torch.float32 if x2.dtype == torch.float32 else torch.bfloat16
     xs = x2.to(compute)
-    y = torch.empty(m, n, dtype=compute)
+    out = torch.empty(m, n, dtype=x2.dtype)
+    bias32 = None if bias is None else bias.to(torch.float32)
     threads = torch.get_num_threads()
     columns = block_columns(threads)
     # 16-bit blocks are written [nb, K], F.linear's weight layout, which torch's bfloat16 GEMM
@@ -115,10 +116,11 @@ def _blocks(x2, words, scales, zero_words, group_size, bias, zero_offset, zeros_
         _ext.dequantize_block(words.data_ptr(), n, k, scales.data_ptr(), DTYPES[scales.dtype], _address(zero_words),
                               zero_offset, int(zeros_awq), group_size, n0, nb, w.data_ptr(), DTYPES[compute], threads,
                               int(transposed))
-        y[:, n0:n0 + nb] = torch.nn.functional.linear(xs, w) if transposed else xs @ w
-    if bias is not None:
-        return (y.to(torch.float32) + bias.to(torch.float32)).to(x2.dtype)
-    return y.to(x2.dtype)
+        part = torch.nn.functional.linear(xs, w) if transposed else xs @ w
+        if bias32 is not None:  # added in float32 to the product rounded to the compute dtype
+            part = part.to(torch.float32) + bias32[n0:n0 + nb]
+        out[:, n0:n0 + nb] = part  # rounded once more to x's dtype, block by block (no [M, N] temporaries)
+    return out
 
 
 _PACKINGS = {CANONICAL.name: False, AWQ.name: True}  # packing -> whether the zero words are AWQ-ordered
