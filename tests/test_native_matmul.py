@@ -98,6 +98,27 @@ def test_both_paths_within_tolerance_on_every_variant(variant, k, n, group, m, d
     assert_matmul_close(y.double().numpy(), golden, tolerance(dtype))
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_fused_rows_in_chunks_are_the_one_call_bit_for_bit(variant, dtype, monkeypatch):
+    """Many rows of x run the fused kernel in chunks of FUSED_CHUNK_ROWS (x's rows strided, a
+    last chunk short, bias): every row exactly as in one call."""
+    tensors, kwargs = layer(128, 80, 32, dtype=dtype)
+    wide = activations((11, 160), dtype)
+    x, bias = wide[:, 16:144], activations((80,), dtype, seed=2)
+    assert x.stride() == (160, 1)
+    whole = matmul_ops.gemm(x, *tensors[:3], 32, bias, force="fused")
+    monkeypatch.setattr(matmul_ops, "FUSED_CHUNK_ROWS", 4)
+    assert torch.equal(matmul_ops.gemm(x, *tensors[:3], 32, bias, force="fused"), whole)
+    assert_matmul_close(whole.double().numpy(), golden64(x, tensors, kwargs, bias), tolerance(dtype))
+
+
+def test_float32_takes_the_fused_kernel_at_every_m_on_avx512(variant):
+    fused = matmul_ops.path(1 << 20, torch.float32) == "fused"
+    assert fused == (variant in matmul_ops.FAST_16BIT)
+    assert matmul_ops.path(1024, torch.float32) == "fused"
+    assert matmul_ops.path(65, torch.bfloat16) == "blocks"
+
+
 @pytest.mark.parametrize("packing,zero_offset,sym", [
     ("gptq", 0, False), ("gptq", 1, False), ("gptq", 0, True), ("awq", 0, False), ("awq", 0, True),
 ])

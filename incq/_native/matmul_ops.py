@@ -35,9 +35,20 @@ def _address(t) -> int:
 #: columns and multiply them with torch's GEMM. Measured on a 2-core AVX-512 BF16 machine
 #: (4096 x 11008, group 128, 1 and 2 threads, interleaved with dense in one run): in bfloat16
 #: and float16 the two cross between M = 64 (fused 1.17-1.22x dense, blocks 1.28x) and 96
-#: (fused 1.50x, blocks 1.16x); in float32, whose dense GEMM is slower, the fused kernel takes
-#: 0.55-0.64x dense up to M = 512, 0.70-0.88x at 1024 and 1.04x at 2048 (blocks 1.07x).
+#: (fused 1.50x, blocks 1.16x). In float32, whose dense GEMM is slower, the AVX-512 fused
+#: kernel in chunks of FUSED_CHUNK_ROWS beats blocks at every M (M = 4096: 0.63x dense,
+#: blocks 1.09-1.13x); the AVX2 and portable kernels (about 3x slower) keep M <= 1024.
 FUSED_MAX_ROWS = {torch.bfloat16: 64, torch.float16: 64, torch.float32: 1024}
+#: rows of x one fused kernel call takes; more rows run in chunks of this many, so that x's rows
+#: and a tile's float32 sums stay in the cache (M = 4096, float32, 2 threads: 0.63x dense in
+#: chunks of 512, 0.66x of 1024, 0.69x of 256, 0.85x in one call)
+FUSED_CHUNK_ROWS = 512
+
+
+def _fused_max_rows(dtype) -> float:
+    if dtype == torch.float32 and _native.active() in FAST_16BIT:
+        return float("inf")
+    return FUSED_MAX_ROWS.get(dtype, 0)
 
 
 def block_columns(threads: int) -> int:
@@ -62,7 +73,7 @@ def takes(dtype) -> bool:
 
 def path(m: int, dtype) -> str:
     """Which compiled path ``m`` rows of x in ``dtype`` take: "fused" or "blocks"."""
-    return "fused" if m <= FUSED_MAX_ROWS.get(dtype, 0) else "blocks"
+    return "fused" if m <= _fused_max_rows(dtype) else "blocks"
 
 
 def gemm(x2, words, scales, zero_words, group_size: int, bias=None, *, zero_offset: int = 0, zeros_awq: bool = False,
@@ -77,16 +88,19 @@ def gemm(x2, words, scales, zero_words, group_size: int, bias=None, *, zero_offs
         row_stride = k
     dtype = x2.dtype
     n = words.shape[1]
-    if force == "blocks" or (force is None and m > FUSED_MAX_ROWS.get(dtype, 0)):
+    if force == "blocks" or (force is None and m > _fused_max_rows(dtype)):
         return _blocks(x2, words, scales, zero_words, group_size, bias, zero_offset, zeros_awq)
     code = DTYPES[dtype]
     out = torch.empty(m, n, dtype=dtype)
-    _ext.gemm(
-        x2.data_ptr(), code, m, k, row_stride, words.data_ptr(), n, scales.data_ptr(), DTYPES[scales.dtype],
-        0 if zero_words is None else zero_words.data_ptr(), zero_offset, int(zeros_awq), group_size,
-        0 if bias is None else bias.data_ptr(), 0 if bias is None else DTYPES[bias.dtype], out.data_ptr(), code,
-        torch.get_num_threads(),
-    )
+    size = x2.element_size()
+    for i in range(0, max(m, 1), FUSED_CHUNK_ROWS):
+        rows = min(FUSED_CHUNK_ROWS, m - i)
+        _ext.gemm(
+            x2.data_ptr() + i * row_stride * size, code, rows, k, row_stride, words.data_ptr(), n, scales.data_ptr(),
+            DTYPES[scales.dtype], 0 if zero_words is None else zero_words.data_ptr(), zero_offset, int(zeros_awq),
+            group_size, 0 if bias is None else bias.data_ptr(), 0 if bias is None else DTYPES[bias.dtype],
+            out.data_ptr() + i * n * size, code, torch.get_num_threads(),
+        )
     return out
 
 
