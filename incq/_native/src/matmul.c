@@ -769,25 +769,17 @@ INCQ_TARGET_AVX512BF16 static void block_cols_bf16(const block_args *b, int64_t 
 }
 #endif
 
+/* r0 .. r1: rows of words, or for transposed blocks tiles of 16 columns */
 static void block_task(void *ctx, int64_t r0, int64_t r1) {
     const block_args *b = ctx;
-    if (b->transposed) { /* r0 .. r1: tiles of 16 columns */
-#if INCQ_X86
-        if (incq_isa >= INCQ_AVX512) {
-            (incq_isa == INCQ_AVX512BF16 ? block_cols_bf16 : block_cols_avx512)(b, r0, r1);
-            return;
-        }
-#endif
-        block_cols_portable(b, r0, r1);
-        return;
-    }
+    void (*run)(const block_args *, int64_t, int64_t) = b->transposed ? block_cols_portable : block_rows_portable;
 #if INCQ_X86
     if (incq_isa >= INCQ_AVX512) {
-        (incq_isa == INCQ_AVX512BF16 ? block_rows_bf16 : block_rows_avx512)(b, r0, r1);
-        return;
+        const int bf16 = incq_isa == INCQ_AVX512BF16;
+        run = b->transposed ? (bf16 ? block_cols_bf16 : block_cols_avx512) : (bf16 ? block_rows_bf16 : block_rows_avx512);
     }
 #endif
-    block_rows_portable(b, r0, r1);
+    run(b, r0, r1);
 }
 
 /* dequantize_block(qweight, n, k, scales, s_dtype, qzeros, zero_offset, zeros_awq, group_size,
