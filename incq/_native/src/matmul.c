@@ -694,6 +694,10 @@ static void block_cols_portable(const block_args *b, int64_t t0, int64_t t1) {
         }
 }
 
+#ifndef BLOCK_T_PREFETCH
+#define BLOCK_T_PREFETCH 12 /* rows of words ahead in a tile's column (4-12 measured alike, 32-128 slower) */
+#endif
+
 #if INCQ_X86
 /* For each tile of 16 columns and each 4 rows of words: the 4 word vectors are transposed in
  * registers (a 4 x 4 transpose in each 128-bit lane: lane L of T[m] holds the 4 words of
@@ -722,8 +726,8 @@ static void block_cols_portable(const block_args *b, int64_t t0, int64_t t1) {
             __m512i v1 = _mm512_maskz_loadu_epi32(mk, wcol + (r + 1) * a->n);                     \
             __m512i v2 = _mm512_maskz_loadu_epi32(mk, wcol + (r + 2) * a->n);                     \
             __m512i v3 = _mm512_maskz_loadu_epi32(mk, wcol + (r + 3) * a->n);                     \
-            for (int f = 4; f < 8; f++)                                                           \
-                _mm_prefetch((const char *)(wcol + (r + BLOCK_PREFETCH + f) * a->n), _MM_HINT_T0); \
+            for (int f = 0; f < 4; f++)                                                           \
+                _mm_prefetch((const char *)(wcol + (r + BLOCK_T_PREFETCH + f) * a->n), _MM_HINT_T0); \
             const __m512i t01l = _mm512_unpacklo_epi32(v0, v1), t01h = _mm512_unpackhi_epi32(v0, v1); \
             const __m512i t23l = _mm512_unpacklo_epi32(v2, v3), t23h = _mm512_unpackhi_epi32(v2, v3); \
             const __m512i tr[4] = {_mm512_unpacklo_epi64(t01l, t23l), _mm512_unpackhi_epi64(t01l, t23l), \
