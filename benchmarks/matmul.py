@@ -40,6 +40,9 @@ DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch
 
 
 _FLUSH = torch.empty(64 << 20, dtype=torch.uint8)
+#: the read-bandwidth probe's name among a row's candidates: always repeated, and not counted
+#: when choosing how many rounds to run (it takes ~40 ms)
+PROBE = "bandwidth cold"
 
 
 def timed(fns: dict, reps: int, budget_s: float = 1.0) -> dict:
@@ -54,8 +57,8 @@ def timed(fns: dict, reps: int, budget_s: float = 1.0) -> dict:
         t0 = time.perf_counter()
         fn()
         first[name] = time.perf_counter() - t0
-    repeat = [name for name in fns if first[name] <= budget_s or name == "bandwidth cold"]
-    rounds = reps * 5 if all(first[name] < 0.01 for name in repeat if name != "bandwidth cold") else reps
+    repeat = [name for name in fns if first[name] <= budget_s or name == PROBE]
+    rounds = reps * 5 if all(first[name] < 0.01 for name in repeat if name != PROBE) else reps
     times = {name: [] for name in repeat}
     for _ in range(rounds):
         for name in repeat:
@@ -198,11 +201,11 @@ def main(argv=None) -> None:
                     }
                     if m == 1:  # cold weights, against the bandwidth measured in the same rounds
                         fns["incq cold"] = fns["incq"]
-                        fns["bandwidth cold"] = big_sum  # (1 GiB: no warm-up run needed)
+                        fns[PROBE] = big_sum  # (1 GiB: no warm-up run needed)
                     if vllm is not None and vllm_agrees(vllm, vllm_operands, x, layout):
                         fns["vllm"] = lambda: vllm[1](x, vllm_operands, layout.scales)
                     for name in list(fns):
-                        anchor = name not in ("incq", "dense", "bandwidth cold")  # incq and its baselines always run
+                        anchor = name not in ("incq", "dense", PROBE)  # incq and its baselines always run
                         if anchor and last.get(name, 0.0) * 4 > args.max_s * 1e3:  # ~linear in M
                             del fns[name]
                     ms = timed(fns, args.reps)
@@ -215,7 +218,7 @@ def main(argv=None) -> None:
 
                     if m == 1:
                         rate = weight_bytes / ms["incq cold"] / 1e6
-                        cold = f"{ms['incq cold']:8.2f} {rate:6.1f} {100 * rate / gbs(ms['bandwidth cold']):5.0f}"
+                        cold = f"{ms['incq cold']:8.2f} {rate:6.1f} {100 * rate / gbs(ms[PROBE]):5.0f}"
                     else:
                         cold = f"{'':8} {'':6} {'':5}"
                     print(f"{m:>5} {path:>14} {ms['incq']:8.2f} {cold} {ms['dense']:8.2f} "

@@ -655,13 +655,13 @@ static void block_rows_portable(const block_args *b, int64_t r0, int64_t r1) {
     }
 
 /* round to nearest even on the bits (finite values) */
-#define STORE_BF16_INT(p, mk, v)                                                                  \
-    do {                                                                                          \
-        __m512i u = _mm512_castps_si512(v);                                                       \
-        __m512i odd = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));           \
-        u = _mm512_add_epi32(u, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7fff)));                \
-        STORE_HALVES(p, mk, _mm512_cvtepi32_epi16(_mm512_srli_epi32(u, 16)));                     \
-    } while (0)
+/* v's bits rounded so that their upper half is v as bfloat16 (nearest even; finite values) */
+INCQ_TARGET_AVX512 static inline __m512i bf16_round_bits(__m512 v) {
+    const __m512i u = _mm512_castps_si512(v);
+    const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+    return _mm512_add_epi32(u, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7fff)));
+}
+#define STORE_BF16_INT(p, mk, v) STORE_HALVES(p, mk, _mm512_cvtepi32_epi16(_mm512_srli_epi32(bf16_round_bits(v), 16)))
 #define STORE_BF16_NATIVE(p, mk, v) STORE_HALVES(p, mk, (__m256i)_mm512_cvtneps_pbh(v))
 /* 16 bfloat16 values, unmasked when all lanes are written (masked stores are slow on some CPUs) */
 #define STORE_HALVES(p, mk, h)                                                                    \
@@ -752,16 +752,12 @@ static void block_cols_portable(const block_args *b, int64_t t0, int64_t t1) {
         }                                                                                         \
     }
 
-/* 32 bfloat16 from two float32 vectors (d0's first), rounded to nearest even on the bits */
+/* 32 bfloat16 from two float32 vectors (d0's first): the upper halves of the rounded bits */
 INCQ_TARGET_AVX512 static inline __m512i bf16_32_int(__m512 d0, __m512 d1) {
-    const __m512i one = _mm512_set1_epi32(1), half = _mm512_set1_epi32(0x7fff);
-    __m512i u0 = _mm512_castps_si512(d0), u1 = _mm512_castps_si512(d1);
-    u0 = _mm512_add_epi32(u0, _mm512_add_epi32(_mm512_and_si512(_mm512_srli_epi32(u0, 16), one), half));
-    u1 = _mm512_add_epi32(u1, _mm512_add_epi32(_mm512_and_si512(_mm512_srli_epi32(u1, 16), one), half));
     const __m512i odd = _mm512_setr_epi32(0x00030001, 0x00070005, 0x000b0009, 0x000f000d, 0x00130011, 0x00170015,
                                           0x001b0019, 0x001f001d, 0x00230021, 0x00270025, 0x002b0029, 0x002f002d,
                                           0x00330031, 0x00370035, 0x003b0039, 0x003f003d);
-    return _mm512_permutex2var_epi16(u0, odd, u1);
+    return _mm512_permutex2var_epi16(bf16_round_bits(d0), odd, bf16_round_bits(d1));
 }
 #define BF16_32_NATIVE(d0, d1) ((__m512i)_mm512_cvtne2ps_pbh(d1, d0))
 
