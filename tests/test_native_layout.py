@@ -280,3 +280,110 @@ def test_zero_conversion_every_nibble_in_every_slot(variant, cols, src, dst, src
         expected = incq.repack_zeros(stored, 4, **kwargs)
         got = incq.repack_zeros(tensor(stored), 4, **kwargs)
     same(got, expected)
+
+
+# --------------------------------------------------------------------------- the zero-word lane
+
+
+@pytest.fixture
+def lane_calls(monkeypatch):
+    """Records what the zero-word lane returned on each call (None: it handed the call on)."""
+    from incq._core import dispatch
+
+    calls = []
+    lane = dispatch.LANES["zero_words"]
+
+    def spy(*args):
+        got = lane(*args)
+        calls.append(got)
+        return got
+
+    monkeypatch.setitem(dispatch.LANES, "zero_words", spy)
+    return calls
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (3, 16), (32, 37)])
+@pytest.mark.parametrize("fn,zero_offset,on_zero", [("awq_zeros_to_gptq", 0, "raise"), ("awq_zeros_to_gptq", 1, "raise"),
+                                                    ("awq_zeros_to_gptq", 1, "clamp"), ("gptq_zeros_to_awq", 0, "raise"),
+                                                    ("gptq_zeros_to_awq", 1, "raise")])
+def test_zero_word_lane_equals_golden(variant, lane_calls, shape, fn, zero_offset, on_zero):
+    """The common case (contiguous CPU int32 words, no backend named) takes the lane, and its
+    words equal the golden's, bit for bit; words holding a zero point of 0 under a v1 target
+    leave the lane for the general path, which applies on_zero."""
+    call = getattr(incq, fn)
+    kwargs = dict(zero_offset=zero_offset) | (dict(on_zero=on_zero) if fn == "awq_zeros_to_gptq" else {})
+    no_zero = (words(shape).view(np.uint32) | np.uint32(0x11111111)).view(np.int32)  # every nibble odd: no z = 0
+    if zero_offset and fn == "gptq_zeros_to_awq":  # v1 source: stored z - 1, so 0xF would be z = 0
+        no_zero = (no_zero.view(np.uint32) & np.uint32(0x77777777)).view(np.int32)
+    expected = call(no_zero, **kwargs)
+    same(call(tensor(no_zero), **kwargs), expected)
+    assert lane_calls[-1] is not None
+    every = every_nibble_words(*shape) if shape[0] * shape[1] >= 16 else every_nibble_words(16, 1)[:1]
+    v1_target = zero_offset and fn == "awq_zeros_to_gptq"  # every_nibble_words holds z = 0 in some slot
+    if v1_target and on_zero == "raise":
+        with pytest.raises(incq.IncqError, match=fn):
+            call(tensor(every), **kwargs)
+    else:
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", incq.IncqWarning)
+            expected = call(every, **kwargs)
+            same(call(tensor(every), **kwargs), expected)
+    assert (lane_calls[-1] is None) == bool(v1_target)
+
+
+@pytest.mark.parametrize("bad", [dict(bits=4.0), dict(bits=True), dict(zero_offset=True), dict(zero_offset=2),
+                                 dict(on_zero="drop")])
+def test_zero_word_lane_hands_bad_arguments_to_the_checks(lane_calls, bad):
+    """Arguments the general checks refuse are refused the same way after the lane has run:
+    the lane takes only what they would pass."""
+    qz = tensor(words((2, 4)))
+    incq.awq_zeros_to_gptq(qz)  # the lane is warm
+    with pytest.raises(incq.IncqError, match="awq_zeros_to_gptq") as raised:
+        incq.awq_zeros_to_gptq(qz, **bad)
+    assert list(bad)[0] in str(raised.value)
+    assert lane_calls[-1] is None
+
+
+def test_zero_word_lane_leaves_other_tensors_and_overrides_to_the_general_path(lane_calls, monkeypatch):
+    """Non-contiguous, wrong-dtype and 3-d words, a backend named by argument or INCQ_BACKEND,
+    and the compiled kernels turned off all take the general path, with its results and errors."""
+    stored = words((4, 16))
+    expected = incq.awq_zeros_to_gptq(stored)
+    strided = tensor(np.ascontiguousarray(stored.T)).t()
+    same(incq.awq_zeros_to_gptq(strided), expected)
+    assert lane_calls[-1] is None
+    with pytest.raises(incq.IncqError, match="qzeros"):
+        incq.awq_zeros_to_gptq(tensor(stored).to(torch.int64))
+    with pytest.raises(incq.IncqError, match="qzeros"):
+        incq.awq_zeros_to_gptq(tensor(stored)[None])
+    before = len(lane_calls)
+    same(incq.awq_zeros_to_gptq(tensor(stored), backend="torch"), expected)
+    assert len(lane_calls) == before  # not even asked
+    monkeypatch.setenv("INCQ_BACKEND", "torch")
+    same(incq.awq_zeros_to_gptq(tensor(stored)), expected)
+    assert lane_calls[-1] is None
+    monkeypatch.delenv("INCQ_BACKEND")
+    _native.use("off")
+    try:
+        same(incq.awq_zeros_to_gptq(tensor(stored)), expected)
+        assert lane_calls[-1] is None
+    finally:
+        _native.use(None)
+    same(incq.awq_zeros_to_gptq(tensor(stored)), expected)
+    assert lane_calls[-1] is not None
+
+
+@pytest.mark.parametrize("shape", [(1, 3), (7, 37), (32, 1376)])
+def test_zero_point_count_and_first_equal_golden(variant, shape):
+    """Under a v1 target the refusal names how many zero points are 0 and where the first is:
+    the compiled count and search give the golden's numbers (random words: about 1 in 16 nibbles 0)."""
+    stored = words(shape)
+    stored.flat[-1] &= ~0xF0  # at least one zero point of 0
+    messages = []
+    for qz in (stored, tensor(stored)):
+        with pytest.raises(incq.IncqError) as raised:
+            incq.awq_zeros_to_gptq(qz, zero_offset=1)
+        messages.append(str(raised.value))
+    assert messages[0] == messages[1] and "zero point(s) of 0" in messages[0]

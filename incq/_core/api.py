@@ -309,6 +309,11 @@ def awq_zeros_to_gptq(qzeros, bits=4, *, zero_offset=0, on_zero="raise", backend
     >>> hex(incq.awq_zeros_to_gptq(awq, zero_offset=1).view(np.uint32)[0, 0])
     '0x76543210'
     """
+    lane = _dispatch.LANES.get("zero_words") if backend is None else None
+    if lane is not None:
+        words = lane(qzeros, bits, True, 0, False, zero_offset, on_zero)
+        if words is not None:
+            return words
     fn = "awq_zeros_to_gptq"
     bits = v.check_bits(fn, bits, (4,))
     zero_offset = v.check_int_choice(fn, "zero_offset", zero_offset, (0, 1))
@@ -326,6 +331,11 @@ def gptq_zeros_to_awq(qzeros, bits=4, *, zero_offset=0, backend=None):
     >>> hex(incq.gptq_zeros_to_awq(v1, zero_offset=1).view(np.uint32)[0, 0])
     '0x86427531'
     """
+    lane = _dispatch.LANES.get("zero_words") if backend is None else None
+    if lane is not None:
+        words = lane(qzeros, bits, False, zero_offset, True, 0, "raise")
+        if words is not None:
+            return words
     fn = "gptq_zeros_to_awq"
     bits = v.check_bits(fn, bits, (4,))
     zero_offset = v.check_int_choice(fn, "zero_offset", zero_offset, (0, 1))

@@ -102,6 +102,24 @@ BACKENDS = {
 #: array namespace -> backends that run its arrays natively, by preference; the first whose
 #: ``runs_on`` accepts the arrays' device is chosen
 PREFERENCE = {"numpy": ("numpy",), "torch": ("native", "torch")}
+_NATIVE = BACKENDS["native"]
+
+#: operation -> a lane of the compiled kernels for its most common case, registered by
+#: ``incq._native`` when it is first loaded (see :func:`native_default`)
+LANES: dict[str, Any] = {}
+
+
+def native_default() -> bool:
+    """Whether a call on CPU tensors that names no backend runs the compiled kernels, as
+    :func:`backend_for` would decide: ``INCQ_BACKEND`` unset, the compiled kernels first in the
+    tables and in use. False until a variant is decided (the first call through
+    :func:`backend_for` decides it).
+
+    A lane (:data:`LANES`) asks this before it takes a call: it runs one operation's common case
+    with its checks written inline (its whole cost is a few microseconds of Python around a
+    kernel of a few more), and hands every other case to the public function's general path."""
+    return (_env_backend() is None and PREFERENCE["torch"][0] == "native" and BACKENDS["native"] is _NATIVE
+            and _kernels()._STATE["resolved"] not in (None, "off"))
 
 
 def _bridge():

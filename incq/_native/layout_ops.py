@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import torch
 
+from incq._core import dispatch as _dispatch
 from incq._core import formats
 from incq._core import torch_backend as _torch
+from incq._core import validate as v
 from incq._native import _ext
 
 #: operation -> the cases it runs compiled
@@ -176,6 +178,31 @@ def convert_zeros(qzeros, bits, src, src_zero_offset, dst, dst_zero_offset, clam
     return out, _ext.count_zeros(words.data_ptr(), count, add), divmod(first, words.shape[1] * 8)
 
 
+_TENSOR, _INT32, _ON_ZERO = torch.Tensor, torch.int32, v.ON_ZERO
+
+
+def zero_words_lane(qzeros, bits, src_awq: bool, src_zero_offset, dst_awq: bool, dst_zero_offset, on_zero):
+    """awq_zeros_to_gptq / gptq_zeros_to_awq for their common case, checked here in place of the
+    general path (``incq._core.dispatch.native_default``): a contiguous CPU int32 tensor of 2
+    dimensions, bits 4, zero offsets 0 or 1, a known ``on_zero``, nothing compiling, and the
+    compiled kernels the backend a call without ``backend=`` runs. Returns the converted words,
+    or None for the general path to take the call: every other input (to be checked and refused
+    or run there), and a v1 target holding a zero point of 0 (its policy is decided there)."""
+    if not (type(qzeros) is _TENSOR and qzeros.dtype is _INT32 and qzeros.ndim == 2 and qzeros.is_cpu
+            and type(bits) is int and bits == 4 and type(src_zero_offset) is int and src_zero_offset in (0, 1)
+            and type(dst_zero_offset) is int and dst_zero_offset in (0, 1) and type(on_zero) is str
+            and on_zero in _ON_ZERO and qzeros.is_contiguous() and not torch.compiler.is_compiling()
+            and _dispatch.native_default()):
+        return None
+    count = qzeros.numel()
+    if not count:
+        return None
+    out = torch.empty_like(qzeros)
+    first = _ext.convert_zeros(qzeros.data_ptr(), out.data_ptr(), count, src_awq, _add(4, src_zero_offset, +1),
+                               dst_awq, _add(4, dst_zero_offset, -1), False)
+    return out if first < 0 or not dst_zero_offset else None
+
+
 def unpack(packed: torch.Tensor, bits: int, axis: int, order: str) -> torch.Tensor:
     awq = order == formats.INTERLEAVED
     if (bits in _ONES and not awq and axis == 0 and packed.ndim == 2 and _cpu(packed) and packed.numel()
@@ -192,3 +219,6 @@ def unpack(packed: torch.Tensor, bits: int, axis: int, order: str) -> torch.Tens
     out = torch.empty((*src.shape[:-1], src.shape[-1] * 32 // bits), dtype=torch.uint8)
     _ext.unpack_row(src.data_ptr(), out.data_ptr(), src.numel(), bits, int(awq), 0, _threads())
     return out
+
+
+_dispatch.LANES["zero_words"] = zero_words_lane
