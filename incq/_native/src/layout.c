@@ -731,6 +731,7 @@ static PyObject *py_rows(PyObject *const *args, Py_ssize_t nargs, int pack) {
         row_task(&a, 0, words);
         Py_RETURN_NONE;
     }
+    incq_advise_huge(a.dst, pack ? words * 4 : words * (32 / a.bits)); /* (a fresh output's pages) */
     Py_BEGIN_ALLOW_THREADS
     incq_parallel_for((int)v[6], words, 1 << 14, row_task, &a);
     Py_END_ALLOW_THREADS
@@ -781,6 +782,7 @@ static PyObject *py_unpack_cols(PyObject *self, PyObject *const *args, Py_ssize_
     if (incq_int_args("unpack_cols", args, nargs, 6, v)) return NULL;
     cols_args a = {INCQ_PTR(v[0]), INCQ_PTR(v[1]), v[3], (int)v[4]};
     if (a.bits != 2 && a.bits != 4 && a.bits != 8) return PyErr_Format(PyExc_ValueError, "unpack_cols: bits %d", a.bits);
+    incq_advise_huge(a.dst, v[2] * a.n * (32 / a.bits));
     Py_BEGIN_ALLOW_THREADS
     incq_parallel_for((int)v[5], v[2], 1, cols_task, &a);
     Py_END_ALLOW_THREADS
