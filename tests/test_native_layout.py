@@ -131,6 +131,8 @@ def _fail(*args, **kwargs):
     ("convert_zeros", lambda: incq.awq_zeros_to_gptq(tensor(words((2, 4)) & 0x77777777 | 0x11111111), zero_offset=1)),
     ("convert_zeros", lambda: incq.gptq_zeros_to_awq(tensor(words((2, 4))), zero_offset=1)),
     ("pack_zeros", lambda: incq.pack_zeros(tensor(np.full((2, 16), 3, np.uint8)), 2, zero_offset=1)),
+    ("pack", lambda: incq.pack(tensor(np.full((16, 3), 5, np.uint8)), 4)),
+    ("pack", lambda: incq.pack(tensor(np.full((3, 16), 5, np.uint8)), 4, axis=1, order="awq")),
     ("dequantize", lambda: check_dequantize(4, "awq", 32, 16, -1, torch.float32, sym=True)),
 ])
 def test_covered_cases_run_compiled(monkeypatch, name, call):
@@ -151,6 +153,22 @@ def test_unpack_along_axis_0_every_code(variant, threads, bits, shape):
     got = incq.unpack(tensor(packed), bits)
     assert torch.equal(got, torch.from_numpy(incq.unpack(packed, bits)))
     assert torch.equal(got, torch.from_numpy(codes))
+
+
+@pytest.mark.parametrize("bits", [2, 4, 8])
+@pytest.mark.parametrize("shape", [(2, 5), (7, 1), (65, 33)])
+@pytest.mark.parametrize("axis,order", [(0, "sequential"), (0, "padded"), (1, "sequential"), (1, "awq")])
+def test_pack_every_code(variant, threads, bits, shape, axis, order):
+    """Codes -> words along K (GPTQ qweight) or along the last axis, every code in every slot,
+    from uint8 and from wider integer codes: the golden's words, bit for bit."""
+    if order == "awq" and bits != 4:
+        pytest.skip("AWQ packs 4-bit codes")
+    rows, n = shape
+    k = rows * 32 // bits
+    codes = (np.arange(k * n).reshape((k, n) if axis == 0 else (n, k)) * 7 % (1 << bits)).astype(np.uint8)
+    expected = incq.pack(codes, bits, axis=axis, order=order)
+    same(incq.pack(tensor(codes), bits, axis=axis, order=order), expected)
+    same(incq.pack(tensor(codes.astype(np.int32)), bits, axis=axis, order=order), expected)
 
 
 # --------------------------------------------------------------------------- dequantize

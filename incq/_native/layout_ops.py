@@ -27,6 +27,8 @@ COVERS: dict[str, str] = {
     "pack_zeros": "2/4/8-bit GPTQ and 4-bit AWQ, raw and v1",
     "convert_zeros": "4-bit AWQ <-> GPTQ words, raw and v1, in one pass (awq_zeros_to_gptq, gptq_zeros_to_awq)",
     "unpack": "2/4/8-bit sequential along the last axis or axis 0 of 2-d words, 4-bit AWQ order along the last axis",
+    "pack": "2/4/8-bit sequential (and padded) along the last axis or axis 0 of 2-d codes, 4-bit AWQ order along the "
+            "last axis",
 }
 
 #: torch dtype -> the kernels' element-type code (incq_native.h)
@@ -176,6 +178,24 @@ def convert_zeros(qzeros, bits, src, src_zero_offset, dst, dst_zero_offset, clam
     if first < 0:
         return out, 0, None
     return out, _ext.count_zeros(words.data_ptr(), count, add), divmod(first, words.shape[1] * 8)
+
+
+def pack(values: torch.Tensor, bits: int, axis: int, order: str) -> torch.Tensor:
+    awq = order == formats.INTERLEAVED
+    if bits not in _ONES or (awq and bits != 4) or not _cpu(values) or values.numel() == 0:
+        return _torch.pack(values, bits, axis, order)
+    codes = values.to(torch.uint8).contiguous()  # (validated: every code below 2**bits)
+    per = 32 // bits
+    if not awq and axis == 0 and codes.ndim == 2:  # GPTQ qweight: along K
+        k, n = codes.shape
+        out = torch.empty((k // per, n), dtype=torch.int32)
+        _ext.pack_cols(codes.data_ptr(), out.data_ptr(), k // per, n, bits, _threads())
+        return out
+    if axis != codes.ndim - 1:
+        return _torch.pack(values, bits, axis, order)
+    out = torch.empty((*codes.shape[:-1], codes.shape[-1] // per), dtype=torch.int32)
+    _ext.pack_row(codes.data_ptr(), out.data_ptr(), out.numel(), bits, int(awq), 0, _threads())
+    return out
 
 
 _TENSOR, _INT32, _ON_ZERO = torch.Tensor, torch.int32, v.ON_ZERO

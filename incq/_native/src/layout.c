@@ -755,39 +755,69 @@ static PyObject *py_pack_row(PyObject *self, PyObject *const *args, Py_ssize_t n
         }                                                                                         \
     }
 
+/* The inverse, codes [R * 32/bits, N] (each below 2**bits) -> words [R, N]: each word gathers
+ * its 32/bits codes from as many rows of bytes, the width a constant in each loop so that the
+ * compiler unrolls the gather and vectorizes the loop over n (the pointers restrict-qualified:
+ * bytes may alias anything). */
+ALWAYS_INLINE void pack_cols_rows(const uint8_t *restrict src, uint32_t *restrict dst, int64_t n, int bits) {
+    const int per = 32 / bits;
+    for (int64_t j = 0; j < n; j++) {
+        uint32_t w = 0;
+        for (int i = 0; i < per; i++) w |= (uint32_t)src[i * n + j] << (bits * i);
+        dst[j] = w;
+    }
+}
+#define PACK_COLS_BODY                                                                            \
+    const int per = 32 / a->bits;                                                                 \
+    for (int64_t r = r0; r < r1; r++) {                                                           \
+        uint32_t *dst = (uint32_t *)a->dst + r * a->n;                                            \
+        const uint8_t *src = (const uint8_t *)a->src + r * per * a->n;                            \
+        if (a->bits == 4) pack_cols_rows(src, dst, a->n, 4);                                      \
+        else if (a->bits == 2) pack_cols_rows(src, dst, a->n, 2);                                 \
+        else pack_cols_rows(src, dst, a->n, 8);                                                   \
+    }
+
 typedef struct {
     const void *src;
     void *dst;
     int64_t n;
-    int bits;
+    int bits, pack;
 } cols_args;
 
 static void unpack_cols_portable(const cols_args *a, int64_t r0, int64_t r1) { UNPACK_COLS_BODY }
+static void pack_cols_portable(const cols_args *a, int64_t r0, int64_t r1) { PACK_COLS_BODY }
 #if INCQ_X86
 INCQ_TARGET_AVX2 static void unpack_cols_avx2(const cols_args *a, int64_t r0, int64_t r1) { UNPACK_COLS_BODY }
 INCQ_TARGET_AVX512 static void unpack_cols_avx512(const cols_args *a, int64_t r0, int64_t r1) { UNPACK_COLS_BODY }
+INCQ_TARGET_AVX2 static void pack_cols_avx2(const cols_args *a, int64_t r0, int64_t r1) { PACK_COLS_BODY }
+INCQ_TARGET_AVX512 static void pack_cols_avx512(const cols_args *a, int64_t r0, int64_t r1) { PACK_COLS_BODY }
 #endif
 
 static void cols_task(void *ctx, int64_t r0, int64_t r1) {
+    const cols_args *a = ctx;
 #if INCQ_X86
-    if (incq_isa >= INCQ_AVX512) return unpack_cols_avx512(ctx, r0, r1);
-    if (incq_isa >= INCQ_AVX2) return unpack_cols_avx2(ctx, r0, r1);
+    if (incq_isa >= INCQ_AVX512) return (a->pack ? pack_cols_avx512 : unpack_cols_avx512)(a, r0, r1);
+    if (incq_isa >= INCQ_AVX2) return (a->pack ? pack_cols_avx2 : unpack_cols_avx2)(a, r0, r1);
 #endif
-    unpack_cols_portable(ctx, r0, r1);
+    (a->pack ? pack_cols_portable : unpack_cols_portable)(a, r0, r1);
 }
 
-/* unpack_cols(src, dst, rows, n, bits, threads) */
-static PyObject *py_unpack_cols(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+/* unpack_cols(src, dst, rows, n, bits, threads) / pack_cols(src, dst, rows, n, bits, threads):
+ * rows of words */
+static PyObject *py_cols(PyObject *const *args, Py_ssize_t nargs, int pack) {
     int64_t v[6];
-    if (incq_int_args("unpack_cols", args, nargs, 6, v)) return NULL;
-    cols_args a = {INCQ_PTR(v[0]), INCQ_PTR(v[1]), v[3], (int)v[4]};
-    if (a.bits != 2 && a.bits != 4 && a.bits != 8) return PyErr_Format(PyExc_ValueError, "unpack_cols: bits %d", a.bits);
-    incq_advise_huge(a.dst, v[2] * a.n * (32 / a.bits));
+    if (incq_int_args(pack ? "pack_cols" : "unpack_cols", args, nargs, 6, v)) return NULL;
+    cols_args a = {INCQ_PTR(v[0]), INCQ_PTR(v[1]), v[3], (int)v[4], pack};
+    if (a.bits != 2 && a.bits != 4 && a.bits != 8)
+        return PyErr_Format(PyExc_ValueError, "%s: bits %d", pack ? "pack_cols" : "unpack_cols", a.bits);
+    incq_advise_huge(a.dst, v[2] * a.n * (pack ? 4 : 32 / a.bits));
     Py_BEGIN_ALLOW_THREADS
     incq_parallel_for((int)v[5], v[2], 1, cols_task, &a);
     Py_END_ALLOW_THREADS
     Py_RETURN_NONE;
 }
+static PyObject *py_unpack_cols(PyObject *self, PyObject *const *args, Py_ssize_t nargs) { return py_cols(args, nargs, 0); }
+static PyObject *py_pack_cols(PyObject *self, PyObject *const *args, Py_ssize_t nargs) { return py_cols(args, nargs, 1); }
 
 /* convert_zeros(src, dst, words, from_awq, from_add, to_awq, to_add, clamp) -> index of the first
  * zero point of 0 (in code order: word * 8 + position), or -1 */
@@ -861,6 +891,8 @@ PyMethodDef incq_layout_methods[] = {
      "pack_row(src, dst, words, bits, awq, add, threads): codes -> words along a row (layout.c)."},
     {"convert_zeros", (PyCFunction)(void (*)(void))py_convert_zeros, METH_FASTCALL,
      "convert_zeros(src, dst, words, from_awq, from_add, to_awq, to_add, clamp) -> first zero or -1 (layout.c)."},
+    {"pack_cols", (PyCFunction)(void (*)(void))py_pack_cols, METH_FASTCALL,
+     "pack_cols(src, dst, rows, n, bits, threads): codes [rows * 32/bits, n] -> words [rows, n] (layout.c)."},
     {"count_zeros", (PyCFunction)(void (*)(void))py_count_zeros, METH_FASTCALL,
      "count_zeros(src, words, add): 4-bit zero points of 0 in words after adding add (layout.c)."},
     {NULL, NULL, 0, NULL},
