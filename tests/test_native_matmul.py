@@ -112,6 +112,55 @@ def test_fused_rows_in_chunks_are_the_one_call_bit_for_bit(variant, dtype, monke
     assert_matmul_close(whole.double().numpy(), golden64(x, tensors, kwargs, bias), tolerance(dtype))
 
 
+_INT_OF = {torch.float32: torch.int32, torch.float16: torch.int16, torch.bfloat16: torch.int16}
+
+
+def _every_value(dtype):
+    """Every bit pattern of a 16-bit float type; for float32 a spread of magnitudes, the
+    float16 overflow edge, infinities and NaN."""
+    if dtype != torch.float32:
+        return torch.arange(65536, dtype=torch.int32).to(torch.int16).view(dtype)
+    rng = np.random.default_rng(3)
+    spread = rng.standard_normal(4000) * 10.0 ** rng.integers(-45, 38, 4000)
+    edges = [65504.0, 65519.99, 65520.0, 6.1e-5, 5.96e-8, 2.9e-8, 1e-40, np.inf, -np.inf, np.nan, -0.0, 0.0]
+    return torch.from_numpy(np.concatenate([spread, edges]).astype(np.float32))
+
+
+@pytest.mark.parametrize("src", DTYPES)
+@pytest.mark.parametrize("dst", DTYPES)
+def test_row_conversion_rounds_as_torch_bit_for_bit(variant, src, dst):
+    """The GEMM path's conversions (float16 x to bfloat16, products into the output) give
+    torch's ``.to()`` for every value (NaN stays NaN), between strided rows, and write nothing
+    beyond each row's columns."""
+    from incq._native import _ext
+
+    values = _every_value(src)
+    cols = values.numel() // 2
+    wide = torch.zeros(2, cols + 16, dtype=src)
+    wide[:, :cols] = values[:2 * cols].view(2, cols)
+    out = torch.full((2, cols + 5), 7.0, dtype=dst)
+    _ext.convert_rows(wide.data_ptr(), matmul_ops.DTYPES[src], cols + 16, out.data_ptr(), matmul_ops.DTYPES[dst],
+                      cols + 5, 2, cols, 2)
+    got, want = out[:, :cols], wide[:, :cols].to(dst)
+    nan = torch.isnan(want)
+    assert torch.equal(torch.isnan(got), nan)
+    assert torch.equal(got[~nan].view(_INT_OF[dst]), want[~nan].view(_INT_OF[dst]))
+    assert bool((out[:, cols:] == 7.0).all())
+
+
+def test_float16_blocks_are_the_bfloat16_blocks_rounded(variant):
+    """float16 x on the GEMM path is x rounded to bfloat16 and the bfloat16 product rounded to
+    float16, bit for bit, with x's rows strided or overlapping (an expanded row)."""
+    if not matmul_ops.takes(torch.float16):
+        pytest.skip("float16 x takes the torch paths in this variant")
+    tensors, _ = layer(128, 96, 32, dtype=torch.float16)
+    wide = activations((70, 160), torch.float16)
+    for x in (wide[:, 16:144], wide[:1, 16:144].expand(70, 128)):
+        y = matmul_ops.gemm(x, *tensors[:3], 32, force="blocks")
+        via = matmul_ops.gemm(x.to(torch.bfloat16), *tensors[:3], 32, force="blocks")  # (the same float16 scales)
+        assert y.dtype == torch.float16 and torch.equal(y, via.to(torch.float16))
+
+
 def test_float32_takes_the_fused_kernel_at_every_m_on_avx512(variant):
     fused = matmul_ops.path(1 << 20, torch.float32) == "fused"
     assert fused == (variant in matmul_ops.FAST_16BIT)
