@@ -161,6 +161,24 @@ def test_float16_blocks_are_the_bfloat16_blocks_rounded(variant):
         assert y.dtype == torch.float16 and torch.equal(y, via.to(torch.float16))
 
 
+def test_huge_page_advice_changes_no_value(monkeypatch):
+    """The GEMM path advises outputs of 4 MiB or more as huge pages: advice only, the same bits
+    as without it (a 4.4 MB output, float16 x converted)."""
+    from incq._native import _ext
+
+    if not matmul_ops.takes(torch.float16):
+        pytest.skip("float16 x takes the torch paths in this variant")
+    tensors, _ = layer(64, 5504, 32, dtype=torch.float16)
+    x = activations((400, 64), torch.float16)
+    advised = matmul_ops.gemm(x, *tensors[:3], 32, force="blocks")
+    calls = []
+    monkeypatch.setattr(matmul_ops, "_ext", type("NoAdvice", (), {
+        "__getattr__": lambda self, name: getattr(_ext, name),
+        "advise_huge": lambda self, *args: calls.append(args)})())
+    assert torch.equal(matmul_ops.gemm(x, *tensors[:3], 32, force="blocks"), advised)
+    assert any(size >= 4 << 20 for _, size in calls)
+
+
 def test_float32_takes_the_fused_kernel_at_every_m_on_avx512(variant):
     fused = matmul_ops.path(1 << 20, torch.float32) == "fused"
     assert fused == (variant in matmul_ops.FAST_16BIT)

@@ -286,7 +286,18 @@ static PyObject *py_set_threads(PyObject *self, PyObject *arg) {
     Py_RETURN_NONE;
 }
 
+/* advise_huge(address, bytes): incq_advise_huge on memory the caller allocated and is about to
+ * write (nothing below 4 MiB) */
+static PyObject *py_advise_huge(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    int64_t v[2];
+    if (incq_int_args("advise_huge", args, nargs, 2, v)) return NULL;
+    incq_advise_huge(INCQ_PTR(v[0]), v[1]);
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef core_methods[] = {
+    {"advise_huge", (PyCFunction)(void (*)(void))py_advise_huge, METH_FASTCALL,
+     "advise_huge(address, bytes): advise fresh memory of 4 MiB or more as transparent huge pages."},
     {"supported", py_supported, METH_NOARGS, "The instruction-set variants this CPU runs, slowest first."},
     {"set_isa", py_set_isa, METH_O, "Choose the variant the kernels run."},
     {"get_isa", py_get_isa, METH_NOARGS, "The variant the kernels run."},
