@@ -169,30 +169,37 @@ def convert_zeros(qzeros, bits, src, src_zero_offset, dst, dst_zero_offset, clam
             or torch.compiler.is_compiling()):
         return None
     words = qzeros.contiguous()
-    count = words.numel()
-    if not count:
+    if not words.numel():
         return None
-    out = torch.empty_like(words)
-    add = _add(4, src_zero_offset, +1)
-    first = _ext.convert_zeros(words.data_ptr(), out.data_ptr(), count, a, add, b, _add(4, dst_zero_offset, -1), clamp)
+    out, first = _converted_zeros(words, a, src_zero_offset, b, dst_zero_offset, clamp)
     if first < 0:
         return out, 0, None
-    return out, _ext.count_zeros(words.data_ptr(), count, add), divmod(first, words.shape[1] * 8)
+    return out, _ext.count_zeros(words.data_ptr(), words.numel(), _add(4, src_zero_offset, +1)), \
+        divmod(first, words.shape[1] * 8)
+
+
+def _converted_zeros(words, src_awq, src_zero_offset, dst_awq, dst_zero_offset, clamp):
+    """The one-pass kernel on contiguous, non-empty 4-bit zero words: (the new words, the index
+    of the first zero point of 0 in code order, or -1)."""
+    out = torch.empty_like(words)
+    first = _ext.convert_zeros(words.data_ptr(), out.data_ptr(), words.numel(), src_awq, _add(4, src_zero_offset, +1),
+                               dst_awq, _add(4, dst_zero_offset, -1), clamp)
+    return out, first
 
 
 def pack(values: torch.Tensor, bits: int, axis: int, order: str) -> torch.Tensor:
     awq = order == formats.INTERLEAVED
-    if bits not in _ONES or (awq and bits != 4) or not _cpu(values) or values.numel() == 0:
+    along_k = not awq and axis == 0 and values.ndim == 2  # GPTQ qweight
+    if (bits not in _ONES or (awq and bits != 4) or not (along_k or axis == values.ndim - 1) or not _cpu(values)
+            or values.numel() == 0):
         return _torch.pack(values, bits, axis, order)
     codes = values.to(torch.uint8).contiguous()  # (validated: every code below 2**bits)
     per = 32 // bits
-    if not awq and axis == 0 and codes.ndim == 2:  # GPTQ qweight: along K
+    if along_k:
         k, n = codes.shape
         out = torch.empty((k // per, n), dtype=torch.int32)
         _ext.pack_cols(codes.data_ptr(), out.data_ptr(), k // per, n, bits, _threads())
         return out
-    if axis != codes.ndim - 1:
-        return _torch.pack(values, bits, axis, order)
     out = torch.empty((*codes.shape[:-1], codes.shape[-1] // per), dtype=torch.int32)
     _ext.pack_row(codes.data_ptr(), out.data_ptr(), out.numel(), bits, int(awq), 0, _threads())
     return out
@@ -214,12 +221,9 @@ def zero_words_lane(qzeros, bits, src_awq: bool, src_zero_offset, dst_awq: bool,
             and on_zero in _ON_ZERO and qzeros.is_contiguous() and not torch.compiler.is_compiling()
             and _dispatch.native_default()):
         return None
-    count = qzeros.numel()
-    if not count:
+    if not qzeros.numel():
         return None
-    out = torch.empty_like(qzeros)
-    first = _ext.convert_zeros(qzeros.data_ptr(), out.data_ptr(), count, src_awq, _add(4, src_zero_offset, +1),
-                               dst_awq, _add(4, dst_zero_offset, -1), False)
+    out, first = _converted_zeros(qzeros, src_awq, src_zero_offset, dst_awq, dst_zero_offset, False)
     return out if first < 0 or not dst_zero_offset else None
 
 

@@ -93,6 +93,8 @@ static inline float zero_point(const gemm_args *a, int64_t g, int64_t n) {
     return (float)((w >> (4 * slot)) & 15u);
 }
 
+static inline int64_t float_size(int dt) { return dt == INCQ_F32 ? 4 : 2; }
+
 static inline void store_float(void *out, int dt, int64_t i, float v) {
     switch (dt) {
     case INCQ_F32: ((float *)out)[i] = v; break;
@@ -204,16 +206,18 @@ INCQ_TARGET_AVX512 static inline __m512 zero_vector(const gemm_args *a, int64_t 
     return _mm512_maskz_add_ps(mask, _mm512_cvtepi32_ps(z), _mm512_set1_ps(c));
 }
 
+/* 16 floats of type dt at p as float32, masked lanes 0 */
+INCQ_TARGET_AVX512 static inline __m512 load16_float(const void *p, int dt, __mmask16 mk) {
+    switch (dt) {
+    case INCQ_F32: return _mm512_maskz_loadu_ps(mk, p);
+    case INCQ_BF16:
+        return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mk, p)), 16));
+    default: return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mk, p));
+    }
+}
+
 INCQ_TARGET_AVX512 static inline __m512 scale_vector(const gemm_args *a, int64_t g, int64_t n, __mmask16 mask) {
-    const int64_t at = g * a->n + n;
-    switch (a->s_dtype) {
-    case INCQ_F32: return _mm512_maskz_loadu_ps(mask, (const float *)a->scales + at);
-    case INCQ_BF16: {
-        __m256i h = _mm256_maskz_loadu_epi16(mask, (const uint16_t *)a->scales + at);
-        return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-    }
-    default: return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, (const uint16_t *)a->scales + at));
-    }
+    return load16_float((const char *)a->scales + (g * a->n + n) * float_size(a->s_dtype), a->s_dtype, mask);
 }
 
 static inline __mmask16 lane_mask(int64_t cols, int v) {
@@ -822,8 +826,6 @@ typedef struct {
     int64_t sld, dld, cols;
 } convert_args;
 
-static int64_t float_size(int dt) { return dt == INCQ_F32 ? 4 : 2; }
-
 static void convert_rows_portable(const convert_args *c, int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; r++) {
         const char *src = (const char *)c->src + r * c->sld * float_size(c->sd);
@@ -833,14 +835,6 @@ static void convert_rows_portable(const convert_args *c, int64_t r0, int64_t r1)
 }
 
 #if INCQ_X86
-INCQ_TARGET_AVX512 static inline __m512 load16_float(const void *p, int dt, __mmask16 mk) {
-    switch (dt) {
-    case INCQ_F32: return _mm512_maskz_loadu_ps(mk, p);
-    case INCQ_BF16:
-        return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mk, p)), 16));
-    default: return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mk, p));
-    }
-}
 INCQ_TARGET_AVX512 static inline void store16_float(void *p, int dt, __mmask16 mk, __m512 v) {
     switch (dt) {
     case INCQ_F32: _mm512_mask_storeu_ps(p, mk, v); return;
