@@ -118,8 +118,13 @@ def native_default() -> bool:
     A lane (:data:`LANES`) asks this before it takes a call: it runs one operation's common case
     with its checks written inline (its whole cost is a few microseconds of Python around a
     kernel of a few more), and hands every other case to the public function's general path."""
-    return (_env_backend() is None and PREFERENCE["torch"][0] == "native" and BACKENDS["native"] is _NATIVE
-            and _kernels()._STATE["resolved"] not in (None, "off"))
+    if _ENV_DATA is None or _ENV_KEY is None:
+        if _env_backend() is not None:
+            return False
+    elif _ENV_DATA.get(_ENV_KEY):  # (inline: a lane's whole cost is a few microseconds)
+        return False
+    return (PREFERENCE["torch"][0] == "native" and BACKENDS["native"] is _NATIVE
+            and (_KERNELS[0] if _KERNELS else _kernels())._STATE["resolved"] not in (None, "off"))
 
 
 def _bridge():

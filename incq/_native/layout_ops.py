@@ -205,7 +205,9 @@ def pack(values: torch.Tensor, bits: int, axis: int, order: str) -> torch.Tensor
     return out
 
 
-_TENSOR, _INT32, _ON_ZERO = torch.Tensor, torch.int32, v.ON_ZERO
+_TENSOR, _INT32, _ON_ZERO, _IS_COMPILING = torch.Tensor, torch.int32, v.ON_ZERO, torch.compiler.is_compiling
+#: the word added to decode (index: the zero offset) and to encode, 4-bit
+_DECODE4, _ENCODE4 = (0, _add(4, 1, +1)), (0, _add(4, 1, -1))
 
 
 def zero_words_lane(qzeros, bits, src_awq: bool, src_zero_offset, dst_awq: bool, dst_zero_offset, on_zero):
@@ -214,16 +216,23 @@ def zero_words_lane(qzeros, bits, src_awq: bool, src_zero_offset, dst_awq: bool,
     dimensions, bits 4, zero offsets 0 or 1, a known ``on_zero``, nothing compiling, and the
     compiled kernels the backend a call without ``backend=`` runs. Returns the converted words,
     or None for the general path to take the call: every other input (to be checked and refused
-    or run there), and a v1 target holding a zero point of 0 (its policy is decided there)."""
+    or run there), and a v1 target holding a zero point of 0 (its policy is decided there).
+
+    Its whole cost is a kernel of a few microseconds and the Python around it, which is most of
+    the time when the interpreter's own state is out of the cache: the checks are inline, the
+    kernel's constants looked up, not computed."""
     if not (type(qzeros) is _TENSOR and qzeros.dtype is _INT32 and qzeros.ndim == 2 and qzeros.is_cpu
-            and type(bits) is int and bits == 4 and type(src_zero_offset) is int and src_zero_offset in (0, 1)
-            and type(dst_zero_offset) is int and dst_zero_offset in (0, 1) and type(on_zero) is str
-            and on_zero in _ON_ZERO and qzeros.is_contiguous() and not torch.compiler.is_compiling()
+            and bits == 4 and type(bits) is int and src_zero_offset in (0, 1) and type(src_zero_offset) is int
+            and dst_zero_offset in (0, 1) and type(dst_zero_offset) is int and on_zero in _ON_ZERO
+            and type(on_zero) is str and qzeros.is_contiguous() and not _IS_COMPILING()
             and _dispatch.native_default()):
         return None
-    if not qzeros.numel():
+    n = qzeros.numel()
+    if not n:
         return None
-    out, first = _converted_zeros(qzeros, src_awq, src_zero_offset, dst_awq, dst_zero_offset, False)
+    out = torch.empty_like(qzeros)
+    first = _ext.convert_zeros(qzeros.data_ptr(), out.data_ptr(), n, src_awq, _DECODE4[src_zero_offset], dst_awq,
+                               _ENCODE4[dst_zero_offset], False)
     return out if first < 0 or not dst_zero_offset else None
 
 
